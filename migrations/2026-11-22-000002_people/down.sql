@@ -1,0 +1,3 @@
+DROP TABLE consents;
+DROP TABLE customers;
+DROP TABLE staff_users;

@@ -1,0 +1,3 @@
+ALTER TABLE issuances DROP CONSTRAINT issuances_voucher_code_fkey;
+DROP TABLE voucher_codes;
+DROP TABLE issuances;

@@ -1,0 +1,3 @@
+DROP TABLE audit_logs;
+DROP TABLE wa_sessions;
+DROP TABLE events;
