@@ -1,14 +1,29 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+#![doc = include_str!("../README.md")]
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod config;
+mod error;
+pub mod ids;
+mod migrate;
+mod money;
+pub mod repo;
+pub mod schema;
+mod store;
+mod tenant;
+mod text_enum;
+#[cfg(feature = "testing")]
+pub mod testing;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
+pub use config::{Config, Recycling};
+pub use error::{Error, Result};
+pub use ids::*;
+pub use migrate::MIGRATIONS;
+pub use money::{Currency, ISO_4217};
+pub use store::{PoolStatus, Store};
+pub use tenant::TenantConn;
+
+/// The types most callers need, for a glob import.
+pub mod prelude {
+    pub use crate::ids::*;
+    pub use crate::repo::tenants::{NewTenant, Tenant, TenantPage, TenantRepository, TenantStatus};
+    pub use crate::{Config, Currency, Error, Result, Store, TenantConn};
 }

@@ -1,0 +1,205 @@
+//! Store configuration, read from a database URL.
+
+use std::time::Duration;
+
+use url::Url;
+
+use crate::error::{Error, Result};
+
+/// How the pool checks a connection when it is checked out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recycling {
+    /// No check. A connection that died while idle fails its first statement,
+    /// which then surfaces as an error to retry.
+    Fast,
+    /// `SELECT 1` before every checkout: one extra round trip per unit of work.
+    Verified,
+}
+
+/// Pool and session settings.
+///
+/// Built from a PostgreSQL URL whose query string may carry the settings
+/// below next to the usual libpq ones (which are passed through):
+///
+/// | parameter | default | meaning |
+/// |---|---|---|
+/// | `pool_size` | 10 | maximum pooled connections |
+/// | `connect_timeout` | 5 | seconds to open a connection (libpq's own) |
+/// | `checkout_timeout_ms` | 5000 | wait for a free pooled connection |
+/// | `statement_timeout_ms` | 30000 | per statement; `0` disables it |
+/// | `prepared_statements` | `true` | `false` behind PgBouncer in transaction mode |
+/// | `recycling` | `fast` | `fast` or `verified` (see [`Recycling`]) |
+///
+/// ```
+/// # use loyalty_store::Config;
+/// let config = Config::from_url(
+///     "postgres://svc@db/loyalty?pool_size=32&statement_timeout_ms=2000",
+/// )?;
+/// assert_eq!(config.pool_size, 32);
+/// # Ok::<(), loyalty_store::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// The URL handed to the driver, with this crate's own parameters removed.
+    pub database_url: String,
+    pub pool_size: u32,
+    pub checkout_timeout: Duration,
+    pub statement_timeout: Option<Duration>,
+    pub prepared_statements: bool,
+    pub recycling: Recycling,
+}
+
+const DEFAULT_CONNECT_TIMEOUT_SECS: &str = "5";
+
+impl Config {
+    /// Parses a `postgres://` or `postgresql://` URL.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let mut parsed = Url::parse(url).map_err(|e| Error::Config(format!("bad URL: {e}")))?;
+        if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+            return Err(Error::Config(format!(
+                "URL scheme must be postgres or postgresql, not {}",
+                parsed.scheme()
+            )));
+        }
+        let mut config = Config {
+            database_url: String::new(),
+            pool_size: 10,
+            checkout_timeout: Duration::from_millis(5000),
+            statement_timeout: Some(Duration::from_millis(30_000)),
+            prepared_statements: true,
+            recycling: Recycling::Fast,
+        };
+        let mut passthrough = Vec::new();
+        let mut has_connect_timeout = false;
+        for (key, value) in parsed.query_pairs() {
+            match key.as_ref() {
+                "pool_size" => config.pool_size = parse_number(&key, &value)?,
+                "checkout_timeout_ms" => {
+                    config.checkout_timeout = Duration::from_millis(parse_number(&key, &value)?)
+                }
+                "statement_timeout_ms" => {
+                    let ms: u64 = parse_number(&key, &value)?;
+                    config.statement_timeout = (ms > 0).then(|| Duration::from_millis(ms));
+                }
+                "prepared_statements" => config.prepared_statements = parse_bool(&key, &value)?,
+                "recycling" => {
+                    config.recycling = match value.as_ref() {
+                        "fast" => Recycling::Fast,
+                        "verified" => Recycling::Verified,
+                        other => {
+                            return Err(Error::Config(format!(
+                                "recycling must be fast or verified, not {other}"
+                            )));
+                        }
+                    }
+                }
+                _ => {
+                    has_connect_timeout |= key == "connect_timeout";
+                    passthrough.push((key.into_owned(), value.into_owned()));
+                }
+            }
+        }
+        if config.pool_size == 0 {
+            return Err(Error::Config("pool_size must be at least 1".into()));
+        }
+        if !has_connect_timeout {
+            passthrough.push(("connect_timeout".into(), DEFAULT_CONNECT_TIMEOUT_SECS.into()));
+        }
+        parsed.query_pairs_mut().clear().extend_pairs(passthrough);
+        config.database_url = parsed.into();
+        Ok(config)
+    }
+
+    /// Sets the maximum number of pooled connections.
+    pub fn with_pool_size(mut self, pool_size: u32) -> Self {
+        self.pool_size = pool_size.max(1);
+        self
+    }
+
+    /// Sets how long a checkout waits for a free connection.
+    pub fn with_checkout_timeout(mut self, timeout: Duration) -> Self {
+        self.checkout_timeout = timeout;
+        self
+    }
+
+    /// Sets, or with `None` removes, the per-statement timeout.
+    pub fn with_statement_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// Turns diesel's prepared-statement cache on or off. Turn it off behind
+    /// PgBouncer in transaction-pooling mode, where a server connection's
+    /// prepared statements do not follow the client.
+    pub fn with_prepared_statements(mut self, enabled: bool) -> Self {
+        self.prepared_statements = enabled;
+        self
+    }
+
+    /// Chooses the checkout check.
+    pub fn with_recycling(mut self, recycling: Recycling) -> Self {
+        self.recycling = recycling;
+        self
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T> {
+    value
+        .parse()
+        .map_err(|_| Error::Config(format!("{key} must be a non-negative integer, not {value:?}")))
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool> {
+    match value {
+        "true" | "on" | "1" => Ok(true),
+        "false" | "off" | "0" => Ok(false),
+        _ => Err(Error::Config(format!("{key} must be true or false, not {value:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_parameters_are_read_and_stripped() {
+        let config = Config::from_url(
+            "postgres://u@h:5433/db?sslmode=disable&pool_size=3&checkout_timeout_ms=250\
+             &statement_timeout_ms=0&prepared_statements=false&recycling=verified",
+        )
+        .unwrap();
+        assert_eq!(config.pool_size, 3);
+        assert_eq!(config.checkout_timeout, Duration::from_millis(250));
+        assert_eq!(config.statement_timeout, None);
+        assert!(!config.prepared_statements);
+        assert_eq!(config.recycling, Recycling::Verified);
+        assert_eq!(
+            config.database_url,
+            "postgres://u@h:5433/db?sslmode=disable&connect_timeout=5"
+        );
+    }
+
+    #[test]
+    fn defaults_apply_and_libpq_connect_timeout_is_kept() {
+        let config = Config::from_url("postgresql://h/db?connect_timeout=9").unwrap();
+        assert_eq!(config.pool_size, 10);
+        assert_eq!(config.statement_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(config.recycling, Recycling::Fast);
+        assert_eq!(config.database_url, "postgresql://h/db?connect_timeout=9");
+    }
+
+    #[test]
+    fn bad_values_are_typed_errors() {
+        for url in [
+            "mysql://h/db",
+            "postgres://h/db?pool_size=0",
+            "postgres://h/db?pool_size=many",
+            "postgres://h/db?recycling=sometimes",
+            "postgres://h/db?prepared_statements=maybe",
+            "not a url",
+        ] {
+            assert!(matches!(Config::from_url(url), Err(Error::Config(_))), "{url}");
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Tenants, provisioned through the platform scope ([`crate::Store::platform`]).
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::ids::TenantId;
+use crate::money::Currency;
+use crate::schema::tenants;
+use crate::store::PgPool;
+use crate::text_enum::text_enum;
+
+text_enum! {
+    /// Whether a tenant may open guards.
+    pub enum TenantStatus {
+        Active => "active",
+        Suspended => "suspended",
+    }
+}
+
+/// A row of `tenants`.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Serialize, Deserialize)]
+#[diesel(table_name = tenants, check_for_backend(diesel::pg::Pg))]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: String,
+    pub country_code: Option<String>,
+    pub default_ccy: Currency,
+    pub theme: Value,
+    pub status: TenantStatus,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Input for [`TenantRepository::create`].
+///
+/// ```
+/// # use loyalty_store::repo::tenants::NewTenant;
+/// let acme = NewTenant::new("Acme Coffee", "USD".parse()?).country("US");
+/// # Ok::<(), loyalty_store::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Insertable, Serialize, Deserialize)]
+#[diesel(table_name = tenants)]
+pub struct NewTenant {
+    pub id: TenantId,
+    pub name: String,
+    pub country_code: Option<String>,
+    pub default_ccy: Currency,
+    pub theme: Value,
+}
+
+impl NewTenant {
+    /// A tenant with a fresh id, no country and an empty theme.
+    pub fn new(name: impl Into<String>, default_ccy: Currency) -> Self {
+        NewTenant {
+            id: TenantId::new(),
+            name: name.into(),
+            country_code: None,
+            default_ccy,
+            theme: Value::Object(Default::default()),
+        }
+    }
+
+    /// Sets the ISO 3166-1 alpha-2 country code.
+    pub fn country(mut self, code: impl Into<String>) -> Self {
+        self.country_code = Some(code.into());
+        self
+    }
+
+    /// Sets the theme, a JSON object.
+    pub fn theme(mut self, theme: Value) -> Self {
+        self.theme = theme;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        let name_len = self.name.chars().count();
+        if !(1..=200).contains(&name_len) {
+            return Err(Error::invalid("name", "must be 1 to 200 characters"));
+        }
+        if let Some(code) = &self.country_code
+            && !(code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase()))
+        {
+            return Err(Error::invalid(
+                "country_code",
+                format!("{code:?} is not an ISO 3166-1 alpha-2 code"),
+            ));
+        }
+        validate_theme(&self.theme)
+    }
+}
+
+fn validate_theme(theme: &Value) -> Result<()> {
+    if theme.is_object() {
+        Ok(())
+    } else {
+        Err(Error::invalid("theme", "must be a JSON object"))
+    }
+}
+
+/// A page of tenants ordered by id (ids are time-ordered, so this is also
+/// creation order). Pass the last id seen as `after` for the next page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TenantPage {
+    pub after: Option<TenantId>,
+    pub limit: u32,
+}
+
+/// Tenant provisioning. [`Platform`] implements it; a service's unit tests can
+/// implement it with a fake.
+pub trait TenantRepository {
+    /// `CreateTenant`.
+    fn create(&self, new: NewTenant) -> impl Future<Output = Result<Tenant>> + Send;
+    /// `GetTenantByID`; [`Error::NotFound`] if there is none.
+    fn get(&self, id: TenantId) -> impl Future<Output = Result<Tenant>> + Send;
+    /// Tenants in id order, one keyset page at a time (`limit` at most 1000).
+    fn list(&self, page: TenantPage) -> impl Future<Output = Result<Vec<Tenant>>> + Send;
+    /// `UpdateTenantTheme`; returns the updated row.
+    fn update_theme(
+        &self,
+        id: TenantId,
+        theme: Value,
+    ) -> impl Future<Output = Result<Tenant>> + Send;
+    /// Activates or suspends a tenant. A suspended tenant cannot open guards.
+    fn set_status(
+        &self,
+        id: TenantId,
+        status: TenantStatus,
+    ) -> impl Future<Output = Result<Tenant>> + Send;
+}
+
+/// The platform scope: runs as the login role, outside any tenant context.
+/// It reaches the `tenants` table and nothing tenant-owned.
+#[derive(Debug, Clone, Copy)]
+pub struct Platform<'a> {
+    pool: &'a PgPool,
+}
+
+impl<'a> Platform<'a> {
+    pub(crate) fn new(pool: &'a PgPool) -> Self {
+        Platform { pool }
+    }
+}
+
+const MAX_PAGE: u32 = 1000;
+
+impl TenantRepository for Platform<'_> {
+    async fn create(&self, new: NewTenant) -> Result<Tenant> {
+        new.validate()?;
+        let mut conn = self.pool.get().await?;
+        Ok(diesel::insert_into(tenants::table)
+            .values(&new)
+            .returning(Tenant::as_returning())
+            .get_result(&mut conn)
+            .await?)
+    }
+
+    async fn get(&self, id: TenantId) -> Result<Tenant> {
+        let mut conn = self.pool.get().await?;
+        Ok(tenants::table
+            .find(id)
+            .select(Tenant::as_select())
+            .get_result(&mut conn)
+            .await?)
+    }
+
+    async fn list(&self, page: TenantPage) -> Result<Vec<Tenant>> {
+        if !(1..=MAX_PAGE).contains(&page.limit) {
+            return Err(Error::invalid("limit", format!("must be 1 to {MAX_PAGE}")));
+        }
+        let mut conn = self.pool.get().await?;
+        let mut query = tenants::table
+            .select(Tenant::as_select())
+            .order(tenants::id)
+            .limit(i64::from(page.limit))
+            .into_boxed();
+        if let Some(after) = page.after {
+            query = query.filter(tenants::id.gt(after));
+        }
+        Ok(query.load(&mut conn).await?)
+    }
+
+    async fn update_theme(&self, id: TenantId, theme: Value) -> Result<Tenant> {
+        validate_theme(&theme)?;
+        let mut conn = self.pool.get().await?;
+        Ok(diesel::update(tenants::table.find(id))
+            .set(tenants::theme.eq(theme))
+            .returning(Tenant::as_returning())
+            .get_result(&mut conn)
+            .await?)
+    }
+
+    async fn set_status(&self, id: TenantId, status: TenantStatus) -> Result<Tenant> {
+        let mut conn = self.pool.get().await?;
+        Ok(diesel::update(tenants::table.find(id))
+            .set(tenants::status.eq(status))
+            .returning(Tenant::as_returning())
+            .get_result(&mut conn)
+            .await?)
+    }
+}

@@ -1,0 +1,128 @@
+//! [`Store`]: the pool and the two ways in, [`Store::tenant`] and [`Store::platform`].
+
+use diesel::connection::CacheSize;
+use diesel_async::pooled_connection::bb8::Pool;
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use futures_util::FutureExt;
+
+use crate::config::{Config, Recycling};
+use crate::error::Result;
+use crate::ids::TenantId;
+use crate::repo::tenants::Platform;
+use crate::tenant::TenantConn;
+
+pub(crate) type PgPool = Pool<AsyncPgConnection>;
+
+/// The entry point: a connection pool plus the settings it was built from.
+///
+/// Cheap to clone; clones share the pool.
+///
+/// ```no_run
+/// # async fn demo() -> loyalty_store::Result<()> {
+/// use loyalty_store::Store;
+/// let store = Store::connect_url("postgres://svc@db/loyalty").await?;
+/// store.migrate().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+    config: Config,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("pool", &self.pool.state())
+            .field("pool_size", &self.config.pool_size)
+            .finish()
+    }
+}
+
+/// Connections in the pool, for health checks and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PoolStatus {
+    pub connections: u32,
+    pub idle: u32,
+    pub max_size: u32,
+}
+
+impl Store {
+    /// Builds the pool. No connection is opened until the first checkout.
+    pub async fn connect(config: Config) -> Result<Self> {
+        let mut manager_config = ManagerConfig::default();
+        manager_config.recycling_method = match config.recycling {
+            Recycling::Fast => RecyclingMethod::Fast,
+            Recycling::Verified => RecyclingMethod::Verified,
+        };
+        let statement_timeout = config.statement_timeout;
+        let prepared_statements = config.prepared_statements;
+        manager_config.custom_setup = Box::new(move |url| {
+            async move {
+                let mut conn = AsyncPgConnection::establish(url).await?;
+                if !prepared_statements {
+                    conn.set_prepared_statement_cache_size(CacheSize::Disabled);
+                }
+                if let Some(timeout) = statement_timeout {
+                    conn.batch_execute(&format!("SET statement_timeout = {}", timeout.as_millis()))
+                        .await
+                        .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                }
+                Ok(conn)
+            }
+            .boxed()
+        });
+        let manager =
+            AsyncDieselConnectionManager::new_with_config(&config.database_url, manager_config);
+        let pool = Pool::builder()
+            .max_size(config.pool_size)
+            .connection_timeout(config.checkout_timeout)
+            .test_on_check_out(config.recycling == Recycling::Verified)
+            .build(manager)
+            .await?;
+        Ok(Store { pool, config })
+    }
+
+    /// [`Config::from_url`] followed by [`Store::connect`].
+    pub async fn connect_url(url: &str) -> Result<Self> {
+        Self::connect(Config::from_url(url)?).await
+    }
+
+    /// The settings this store was built with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Opens a unit of work for one tenant. See [`TenantConn`].
+    pub async fn tenant(&self, tenant: TenantId) -> Result<TenantConn> {
+        let conn = self.pool.get_owned().await?;
+        TenantConn::begin(conn, tenant).await
+    }
+
+    /// Tenant provisioning, the one scope that runs without a tenant.
+    pub fn platform(&self) -> Platform<'_> {
+        Platform::new(&self.pool)
+    }
+
+    /// Pool occupancy right now.
+    pub fn pool_status(&self) -> PoolStatus {
+        let state = self.pool.state();
+        PoolStatus {
+            connections: state.connections,
+            idle: state.idle_connections,
+            max_size: self.config.pool_size,
+        }
+    }
+
+    /// A pooled connection with no tenant context and no role switch: it runs
+    /// as the login user. For test assertions about what the pool hands out.
+    #[cfg(feature = "testing")]
+    pub async fn raw_connection(
+        &self,
+    ) -> Result<bb8::PooledConnection<'_, AsyncDieselConnectionManager<AsyncPgConnection>>> {
+        Ok(self.pool.get().await?)
+    }
+}

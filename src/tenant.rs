@@ -1,0 +1,190 @@
+//! [`TenantConn`]: the RAII guard that puts one tenant's context on a pooled
+//! connection for the length of one transaction.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use diesel::connection::{Instrumentation, InstrumentationEvent};
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::{
+    AnsiTransactionManager, AsyncConnection, AsyncPgConnection, SimpleAsyncConnection,
+    TransactionManager,
+};
+
+use crate::error::{Error, Result};
+use crate::ids::TenantId;
+
+type Pooled = bb8::PooledConnection<'static, AsyncDieselConnectionManager<AsyncPgConnection>>;
+
+/// One tenant's unit of work: a pooled connection inside a transaction that
+/// runs as the `loyalty_app` role with `app.tenant_id` set, so row-level
+/// security limits every statement to that tenant.
+///
+/// Both settings are transaction-local. [`commit`](TenantConn::commit) ends the
+/// guard; dropping it without a commit rolls everything back. Either way the
+/// connection returns to the pool with no tenant and no role on it.
+///
+/// Opening costs one round trip: `BEGIN`, the context and the tenant check are
+/// sent together. An unknown tenant gives [`Error::UnknownTenant`], a
+/// suspended one [`Error::TenantSuspended`].
+///
+/// ```no_run
+/// # async fn demo(store: loyalty_store::Store, tenant: loyalty_store::TenantId)
+/// # -> loyalty_store::Result<()> {
+/// use diesel::prelude::*;
+/// use diesel_async::RunQueryDsl;
+/// use loyalty_store::schema::customers;
+///
+/// let mut tx = store.tenant(tenant).await?;
+/// let visible: i64 = customers::table.count().get_result(tx.conn()).await?;
+/// tx.commit().await?;
+/// # Ok(()) }
+/// ```
+///
+/// Do not send `COMMIT`, `ROLLBACK` or `RESET ROLE` through [`conn`](TenantConn::conn):
+/// that would end the isolation before the guard does. Nested
+/// `conn.transaction(..)` calls are fine; they become savepoints.
+pub struct TenantConn {
+    conn: Option<Pooled>,
+    tenant: TenantId,
+    aborted: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for TenantConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantConn")
+            .field("tenant", &self.tenant)
+            .field("open", &self.conn.is_some())
+            .finish()
+    }
+}
+
+impl TenantConn {
+    pub(crate) async fn begin(mut conn: Pooled, tenant: TenantId) -> Result<Self> {
+        let aborted = Arc::new(AtomicBool::new(false));
+        conn.set_instrumentation(AbortWatch::new(Arc::clone(&aborted)));
+        // The uuid is formatted from a typed id, so nothing user-supplied is
+        // spliced into this SQL.
+        let opening = format!(
+            "BEGIN; \
+             SELECT set_config('role', 'loyalty_app', true), \
+                    set_config('app.tenant_id', '{tenant}', true); \
+             SELECT assert_tenant_active()"
+        );
+        if let Err(err) = AnsiTransactionManager::begin_transaction_sql(&mut *conn, &opening).await
+        {
+            // The manager did not count the transaction, but the server may be
+            // inside a failed one. Clear it, or make the pool drop the connection.
+            if conn.batch_execute("ROLLBACK").await.is_err() {
+                mark_broken(&mut conn);
+            }
+            return Err(Error::from_tenant_check(err, tenant));
+        }
+        aborted.store(false, Ordering::Relaxed);
+        Ok(TenantConn {
+            conn: Some(conn),
+            tenant,
+            aborted,
+        })
+    }
+
+    /// The tenant this guard acts for.
+    pub fn tenant_id(&self) -> TenantId {
+        self.tenant
+    }
+
+    /// The connection, for diesel queries of your own. Everything run on it is
+    /// part of this guard's transaction and sees only this tenant's rows.
+    pub fn conn(&mut self) -> &mut AsyncPgConnection {
+        self.conn.as_mut().expect("a live guard always holds its connection")
+    }
+
+    /// Commits and ends the guard.
+    ///
+    /// If any statement failed since the guard opened (and was not undone by a
+    /// savepoint rollback), PostgreSQL has already discarded the transaction:
+    /// this rolls back and returns [`Error::TransactionAborted`] rather than
+    /// reporting a commit that did not happen.
+    pub async fn commit(mut self) -> Result<()> {
+        let mut conn = self.conn.take().expect("a live guard always holds its connection");
+        if self.aborted.load(Ordering::Relaxed) {
+            roll_back(&mut conn).await;
+            return Err(Error::TransactionAborted);
+        }
+        AnsiTransactionManager::commit_transaction(&mut *conn).await?;
+        Ok(())
+    }
+
+    /// Rolls back and ends the guard. Dropping the guard does the same in
+    /// the background; this waits for it.
+    pub async fn rollback(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            roll_back(&mut conn).await;
+        }
+    }
+}
+
+impl Drop for TenantConn {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        // Rolling back lets the pool keep the connection. Without a runtime
+        // the connection is dropped still in its transaction, and the pool
+        // discards it rather than hand it out.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { roll_back(&mut conn).await });
+        }
+    }
+}
+
+async fn roll_back(conn: &mut Pooled) {
+    // On failure the manager marks itself broken and the pool discards the
+    // connection, so there is nothing more to do with the error.
+    if let Err(err) = AnsiTransactionManager::rollback_transaction(&mut **conn).await {
+        tracing::warn!(error = %err, "tenant guard rollback failed; connection discarded");
+        mark_broken(conn);
+    }
+}
+
+fn mark_broken(conn: &mut Pooled) {
+    AnsiTransactionManager::transaction_manager_status_mut(&mut **conn).set_in_error();
+}
+
+/// Notices statement failures inside the guard's transaction.
+///
+/// PostgreSQL answers `COMMIT` in a failed transaction with a silent
+/// `ROLLBACK`, and diesel reports that as success. Watching the connection's
+/// query results is how the guard knows to report the loss instead.
+struct AbortWatch {
+    aborted: Arc<AtomicBool>,
+    savepoint_rollback_pending: bool,
+}
+
+impl AbortWatch {
+    fn new(aborted: Arc<AtomicBool>) -> Self {
+        AbortWatch {
+            aborted,
+            savepoint_rollback_pending: false,
+        }
+    }
+}
+
+impl Instrumentation for AbortWatch {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        match event {
+            InstrumentationEvent::RollbackTransaction { depth, .. } if depth.get() > 1 => {
+                self.savepoint_rollback_pending = true;
+            }
+            InstrumentationEvent::FinishQuery { error, .. } => {
+                let undoing = std::mem::take(&mut self.savepoint_rollback_pending);
+                if error.is_some() {
+                    self.aborted.store(true, Ordering::Relaxed);
+                } else if undoing {
+                    self.aborted.store(false, Ordering::Relaxed);
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Test databases (feature `testing`), for this crate's tests and for tests of
+//! services built on it.
+//!
+//! [`TestDb::new`] gives each test its own freshly migrated database, cloned
+//! from a template that is migrated once per server and migration set, so
+//! tests run in parallel and start fast. The database is dropped when the
+//! `TestDb` is.
+//!
+//! The server is `DATABASE_URL` when set (its user needs `CREATEDB`).
+//! Otherwise a throwaway PostgreSQL is started from the machine's binaries
+//! (`initdb` and `postgres` on `PATH`, under `pg_config --bindir`, or under
+//! `/usr/lib/postgresql/*/bin`), as the `postgres` or `nobody` user when the
+//! tests run as root, and it is shut down and deleted when the test process
+//! exits.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! let db = loyalty_store::testing::TestDb::new().await;
+//! let store = db.store();
+//! # }
+//! ```
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use url::Url;
+
+use crate::store::Store;
+
+/// A migrated database of its own for one test; dropped with this value.
+pub struct TestDb {
+    store: Store,
+    url: String,
+    name: String,
+}
+
+impl std::fmt::Debug for TestDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestDb").field("name", &self.name).finish()
+    }
+}
+
+// Migrations change the template's name, so an edited migration never reuses
+// a stale template on a long-lived server.
+const TEMPLATE: &str = concat!("loyalty_tpl_", env!("LOYALTY_MIGRATIONS_HASH"));
+const TEMPLATE_LOCK_KEY: i64 = 0x6c6f_7961_6c74_7932;
+
+impl TestDb {
+    /// Creates the database, or panics with what to install or set.
+    pub async fn new() -> TestDb {
+        let server = server();
+        ensure_template(&server.admin_url).await;
+        let name = format!("loyalty_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = admin_connection(&server.admin_url).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
+            .await
+            .unwrap_or_else(|e| panic!("creating test database {name}: {e}"));
+        let url = database_url(&server.admin_url, &name);
+        let store = Store::connect_url(&url)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to test database {name}: {e}"));
+        TestDb { store, url, name }
+    }
+
+    /// A store on this database with the default configuration.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The database's URL, for a differently configured [`Store`] or for tools.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The URL of the server's maintenance database, as a superuser.
+    pub fn admin_url(&self) -> &str {
+        &server().admin_url
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin_url = server().admin_url.clone();
+        let name = std::mem::take(&mut self.name);
+        // Drop runs inside the test's runtime, which cannot block on itself.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for dropping the test database");
+            runtime.block_on(async {
+                let mut admin = admin_connection(&admin_url).await;
+                admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("warning: could not drop a test database: {e}");
+        }
+    }
+}
+
+struct Server {
+    admin_url: String,
+    // Holding the supervisor's stdin open keeps a throwaway server alive; the
+    // OS closes it when the test process exits, and the supervisor then stops
+    // the server and deletes its files.
+    _supervisor: Option<Child>,
+}
+
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Server {
+            admin_url: url,
+            _supervisor: None,
+        },
+        _ => start_throwaway_server(),
+    })
+}
+
+async fn admin_connection(url: &str) -> AsyncPgConnection {
+    // A throwaway server may still be starting up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match AsyncPgConnection::establish(url).await {
+            Ok(conn) => return conn,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "test server not ready yet");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!(
+                "cannot connect to the test PostgreSQL server at {url}: {e}\n\
+                 Set DATABASE_URL to a server whose user may CREATE DATABASE, or \
+                 install PostgreSQL (Debian: apt-get install -y postgresql)."
+            ),
+        }
+    }
+}
+
+async fn ensure_template(admin_url: &str) {
+    static READY: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    READY
+        .get_or_init(|| async {
+            let mut admin = admin_connection(admin_url).await;
+            // Other test processes may be building the same template.
+            run(&mut admin, &format!("SELECT pg_advisory_lock({TEMPLATE_LOCK_KEY})")).await;
+            let exists: bool = diesel::select(diesel::dsl::exists(
+                crate::testing::pg_database::table
+                    .filter(crate::testing::pg_database::datname.eq(TEMPLATE)),
+            ))
+            .get_result(&mut admin)
+            .await
+            .expect("looking up the template database");
+            if !exists {
+                build_template(&mut admin, admin_url).await;
+            }
+            run(&mut admin, &format!("SELECT pg_advisory_unlock({TEMPLATE_LOCK_KEY})")).await;
+        })
+        .await;
+}
+
+async fn build_template(admin: &mut AsyncPgConnection, admin_url: &str) {
+    let building = format!("{TEMPLATE}_building");
+    run(admin, &format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)")).await;
+    run(admin, &format!("CREATE DATABASE {building}")).await;
+    let store = Store::connect_url(&database_url(admin_url, &building))
+        .await
+        .expect("connecting to the template database");
+    if let Err(e) = store.migrate().await {
+        panic!("migrating the template database: {e}");
+    }
+    drop(store);
+    // The migration connection may still be closing on the server side.
+    run(
+        admin,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{building}'"
+        ),
+    )
+    .await;
+    run(admin, &format!("ALTER DATABASE {building} RENAME TO {TEMPLATE}")).await;
+}
+
+async fn run(conn: &mut AsyncPgConnection, sql: &str) {
+    if let Err(e) = conn.batch_execute(sql).await {
+        panic!("test harness statement failed: {sql}: {e}");
+    }
+}
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+diesel::table! {
+    pg_database (datname) {
+        datname -> Text,
+    }
+}
+
+fn database_url(admin_url: &str, database: &str) -> String {
+    let mut url = Url::parse(admin_url).expect("DATABASE_URL must be a URL");
+    url.set_path(database);
+    url.into()
+}
+
+fn start_throwaway_server() -> Server {
+    let bin = find_postgres_binaries().unwrap_or_else(|| {
+        panic!(
+            "No PostgreSQL server binaries (initdb, postgres) were found on PATH, \
+             under `pg_config --bindir`, or under /usr/lib/postgresql/*/bin.\n\
+             Install PostgreSQL (Debian: apt-get install -y postgresql), or set \
+             DATABASE_URL to a server whose user may CREATE DATABASE."
+        )
+    });
+    let port = free_port();
+    let dir = tempfile::Builder::new()
+        .prefix("loyalty-store-pg-")
+        .tempdir()
+        .expect("a temporary directory for the test server")
+        .keep();
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(SUPERVISOR)
+        .env("PGBIN", &bin)
+        .env("PGDIR", &dir)
+        .env("PGPORT", port.to_string())
+        .current_dir(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if running_as_root() {
+        // initdb refuses to run as root.
+        let (uid, gid) = unprivileged_user();
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+            .expect("handing the test server directory to an unprivileged user");
+        std::os::unix::process::CommandExt::uid(&mut command, uid);
+        std::os::unix::process::CommandExt::gid(&mut command, gid);
+    }
+    let mut child = command.spawn().expect("starting the test server supervisor");
+    let stdout = child.stdout.take().expect("supervisor stdout");
+    let started = BufReader::new(stdout).lines().map_while(Result::ok).any(|line| line == "started");
+    if !started {
+        panic!(
+            "the throwaway PostgreSQL server in {} did not start; see the log above",
+            dir.display()
+        );
+    }
+    Server {
+        admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        _supervisor: Some(child),
+    }
+}
+
+// fsync and friends are off: a test server's data is worthless after a crash.
+const SUPERVISOR: &str = r#"
+set -u
+if ! "$PGBIN/initdb" -D "$PGDIR/data" -U postgres -A trust --no-sync >"$PGDIR/initdb.log" 2>&1; then
+    cat "$PGDIR/initdb.log" >&2
+    exit 1
+fi
+"$PGBIN/postgres" -D "$PGDIR/data" -p "$PGPORT" -c listen_addresses=127.0.0.1 \
+    -c unix_socket_directories="$PGDIR" -c max_connections=400 -c fsync=off \
+    -c synchronous_commit=off -c full_page_writes=off >"$PGDIR/server.log" 2>&1 &
+server=$!
+echo started
+read -r _ || true
+kill -INT "$server"
+wait "$server"
+rm -rf "$PGDIR"
+"#;
+
+fn find_postgres_binaries() -> Option<PathBuf> {
+    let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let from_pg_config = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    let mut debian: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("bin"))
+        .collect();
+    // Newest major version first.
+    debian.sort_by_key(|dir| {
+        std::cmp::Reverse(
+            dir.parent()
+                .and_then(|v| v.file_name())
+                .and_then(|v| v.to_str())
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(0),
+        )
+    });
+    on_path
+        .into_iter()
+        .chain(from_pg_config)
+        .chain(debian)
+        .find(|dir| has_both(dir))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free local port for the test server")
+}
+
+fn running_as_root() -> bool {
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
+
+fn unprivileged_user() -> (u32, u32) {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let lookup = |name: &str| {
+        passwd.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.len() > 3 && fields[0] == name)
+                .then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))
+                .flatten()
+        })
+    };
+    lookup("postgres")
+        .or_else(|| lookup("nobody"))
+        .unwrap_or((65534, 65534))
+}
