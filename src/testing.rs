@@ -51,14 +51,23 @@ const TEMPLATE: &str = concat!("loyalty_tpl_", env!("LOYALTY_MIGRATIONS_HASH"));
 const TEMPLATE_LOCK_KEY: i64 = 0x6c6f_7961_6c74_7932;
 
 impl TestDb {
-    /// Creates the database, or panics with what to install or set.
+    /// Creates a migrated database, or panics with what to install or set.
     pub async fn new() -> TestDb {
+        ensure_template(&server().admin_url).await;
+        Self::create(&format!("TEMPLATE {TEMPLATE}")).await
+    }
+
+    /// Creates a database with no migrations applied, for testing migrations.
+    pub async fn empty() -> TestDb {
+        Self::create("").await
+    }
+
+    async fn create(options: &str) -> TestDb {
         let server = server();
-        ensure_template(&server.admin_url).await;
         let name = format!("loyalty_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = admin_connection(&server.admin_url).await;
         admin
-            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
+            .batch_execute(&format!("CREATE DATABASE {name} {options}"))
             .await
             .unwrap_or_else(|e| panic!("creating test database {name}: {e}"));
         let url = database_url(&server.admin_url, &name);
