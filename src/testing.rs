@@ -287,6 +287,15 @@ wait "$server"
 rm -rf "$PGDIR"
 "#;
 
+/// A PostgreSQL client program (`pg_dump`, `psql`, `pgbench`, ...): from the
+/// directory of the server binaries when one is found, else from `PATH`.
+pub fn pg_tool(name: &str) -> PathBuf {
+    find_postgres_binaries()
+        .map(|dir| dir.join(name))
+        .filter(|path| path.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
 fn find_postgres_binaries() -> Option<PathBuf> {
     let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
     let on_path = std::env::var_os("PATH")
