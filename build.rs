@@ -11,13 +11,21 @@ fn main() {
     let mut hasher = DefaultHasher::new();
     for file in &files {
         file.hash(&mut hasher);
-        std::fs::read(file).expect("readable migration").hash(&mut hasher);
+        std::fs::read(file)
+            .expect("readable migration")
+            .hash(&mut hasher);
     }
-    println!("cargo:rustc-env=LOYALTY_MIGRATIONS_HASH={:016x}", hasher.finish());
+    println!(
+        "cargo:rustc-env=LOYALTY_MIGRATIONS_HASH={:016x}",
+        hasher.finish()
+    );
 }
 
 fn collect(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).expect("migrations directory").flatten() {
+    for entry in std::fs::read_dir(dir)
+        .expect("migrations directory")
+        .flatten()
+    {
         let path = entry.path();
         if path.is_dir() {
             collect(&path, files);

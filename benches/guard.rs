@@ -43,7 +43,13 @@ struct Measured {
     p99: Duration,
 }
 
-async fn measure(store: &Store, tenant: TenantId, mode: Mode, workers: u32, run: Duration) -> Measured {
+async fn measure(
+    store: &Store,
+    tenant: TenantId,
+    mode: Mode,
+    workers: u32,
+    run: Duration,
+) -> Measured {
     let mut tasks = Vec::new();
     for worker in 0..workers {
         let store = store.clone();
@@ -91,12 +97,32 @@ async fn measure(store: &Store, tenant: TenantId, mode: Mode, workers: u32, run:
 
 fn pgbench(url: &str, tenant: TenantId, clients: u32, run: Duration) -> f64 {
     let out = Command::new(pg_tool("pgbench"))
-        .args(["-n", "-M", "simple", "-c", &clients.to_string(), "-j", &clients.min(2).to_string()])
-        .args(["-T", &run.as_secs().to_string(), "-D", &format!("tenant={tenant}"), "-f", SCRIPT, url])
+        .args([
+            "-n",
+            "-M",
+            "simple",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+        ])
+        .args([
+            "-T",
+            &run.as_secs().to_string(),
+            "-D",
+            &format!("tenant={tenant}"),
+            "-f",
+            SCRIPT,
+            url,
+        ])
         .output()
         .expect("running pgbench");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "pgbench failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pgbench failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
         .lines()
         .find_map(|line| line.strip_prefix("tps = "))
@@ -112,7 +138,10 @@ fn ms(d: Duration) -> String {
 #[tokio::main]
 async fn main() {
     let run = Duration::from_secs(
-        std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5),
+        std::env::var("BENCH_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5),
     );
     let db = TestDb::new().await;
     let tenant = db
@@ -133,7 +162,10 @@ async fn main() {
         .unwrap();
     tx.commit().await.unwrap();
 
-    println!("point read of one customer by phone, {CUSTOMERS} customers, {}s per run", run.as_secs());
+    println!(
+        "point read of one customer by phone, {CUSTOMERS} customers, {}s per run",
+        run.as_secs()
+    );
     println!("| path | workers | ops/s | p50 ms | p99 ms | vs raw floor |");
     println!("|---|---|---|---|---|---|");
     for workers in [1, 8] {
@@ -141,7 +173,11 @@ async fn main() {
         println!("| raw SQL floor (pgbench, 3 round trips) | {workers} | {floor:.0} | | | 100% |");
         for (label, mode, recycling) in [
             ("guard, recycling=fast", Mode::Guard, Recycling::Fast),
-            ("guard, recycling=verified", Mode::Guard, Recycling::Verified),
+            (
+                "guard, recycling=verified",
+                Mode::Guard,
+                Recycling::Verified,
+            ),
             ("plain pooled read, no guard", Mode::Plain, Recycling::Fast),
         ] {
             let config = Config::from_url(db.url())

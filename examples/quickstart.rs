@@ -31,7 +31,10 @@ async fn main() -> Result<()> {
     let globex = platform
         .create(NewTenant::new("Globex Grocers", "ZAR".parse()?).country("ZA"))
         .await?;
-    println!("tenants: {} ({}), {} ({})", acme.name, acme.id, globex.name, globex.id);
+    println!(
+        "tenants: {} ({}), {} ({})",
+        acme.name, acme.id, globex.name, globex.id
+    );
 
     for (tenant, phones) in [
         (&acme, &["+15550000001", "+15550000002"][..]),
@@ -40,7 +43,10 @@ async fn main() -> Result<()> {
         let mut tx = store.tenant(tenant.id).await?;
         for phone in phones {
             diesel::insert_into(customers::table)
-                .values((customers::tenant_id.eq(tenant.id), customers::phone_e164.eq(*phone)))
+                .values((
+                    customers::tenant_id.eq(tenant.id),
+                    customers::phone_e164.eq(*phone),
+                ))
                 .execute(tx.conn())
                 .await?;
         }
@@ -55,12 +61,20 @@ async fn main() -> Result<()> {
             .load(tx.conn())
             .await?;
         tx.commit().await?;
-        println!("{} sees {} customer(s): {}", tenant.name, phones.len(), phones.join(", "));
+        println!(
+            "{} sees {} customer(s): {}",
+            tenant.name,
+            phones.len(),
+            phones.join(", ")
+        );
     }
 
     let mut tx = store.tenant(acme.id).await?;
     let smuggled = diesel::insert_into(customers::table)
-        .values((customers::tenant_id.eq(globex.id), customers::phone_e164.eq("+15550000009")))
+        .values((
+            customers::tenant_id.eq(globex.id),
+            customers::phone_e164.eq("+15550000009"),
+        ))
         .execute(tx.conn())
         .await;
     println!(

@@ -104,7 +104,10 @@ impl Config {
             return Err(Error::Config("pool_size must be at least 1".into()));
         }
         if !has_connect_timeout {
-            passthrough.push(("connect_timeout".into(), DEFAULT_CONNECT_TIMEOUT_SECS.into()));
+            passthrough.push((
+                "connect_timeout".into(),
+                DEFAULT_CONNECT_TIMEOUT_SECS.into(),
+            ));
         }
         parsed.query_pairs_mut().clear().extend_pairs(passthrough);
         config.database_url = parsed.into();
@@ -145,16 +148,20 @@ impl Config {
 }
 
 fn parse_number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T> {
-    value
-        .parse()
-        .map_err(|_| Error::Config(format!("{key} must be a non-negative integer, not {value:?}")))
+    value.parse().map_err(|_| {
+        Error::Config(format!(
+            "{key} must be a non-negative integer, not {value:?}"
+        ))
+    })
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool> {
     match value {
         "true" | "on" | "1" => Ok(true),
         "false" | "off" | "0" => Ok(false),
-        _ => Err(Error::Config(format!("{key} must be true or false, not {value:?}"))),
+        _ => Err(Error::Config(format!(
+            "{key} must be true or false, not {value:?}"
+        ))),
     }
 }
 
@@ -199,7 +206,10 @@ mod tests {
             "postgres://h/db?prepared_statements=maybe",
             "not a url",
         ] {
-            assert!(matches!(Config::from_url(url), Err(Error::Config(_))), "{url}");
+            assert!(
+                matches!(Config::from_url(url), Err(Error::Config(_))),
+                "{url}"
+            );
         }
     }
 }

@@ -9,9 +9,9 @@ pub mod repo;
 pub mod schema;
 mod store;
 mod tenant;
-mod text_enum;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod text_enum;
 
 pub use config::{Config, Recycling};
 pub use error::{Error, Result};

@@ -40,9 +40,7 @@ pub const ISO_4217: &[&str] = &[
 /// assert!("usd".parse::<Currency>().is_err());
 /// # Ok::<(), loyalty_store::Error>(())
 /// ```
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, AsExpression, FromSqlRow,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, AsExpression, FromSqlRow)]
 #[diesel(sql_type = Text)]
 #[serde(into = "String")]
 pub struct Currency(&'static str);
@@ -119,7 +117,10 @@ mod tests {
         for bad in ["", "US", "USDD", "usd", "XXX"] {
             assert!(matches!(
                 bad.parse::<Currency>(),
-                Err(Error::InvalidInput { field: "currency", .. })
+                Err(Error::InvalidInput {
+                    field: "currency",
+                    ..
+                })
             ));
         }
     }

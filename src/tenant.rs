@@ -96,7 +96,9 @@ impl TenantConn {
     /// The connection, for diesel queries of your own. Everything run on it is
     /// part of this guard's transaction and sees only this tenant's rows.
     pub fn conn(&mut self) -> &mut AsyncPgConnection {
-        self.conn.as_mut().expect("a live guard always holds its connection")
+        self.conn
+            .as_mut()
+            .expect("a live guard always holds its connection")
     }
 
     /// Commits and ends the guard.
@@ -106,7 +108,10 @@ impl TenantConn {
     /// this rolls back and returns [`Error::TransactionAborted`] rather than
     /// reporting a commit that did not happen.
     pub async fn commit(mut self) -> Result<()> {
-        let mut conn = self.conn.take().expect("a live guard always holds its connection");
+        let mut conn = self
+            .conn
+            .take()
+            .expect("a live guard always holds its connection");
         if self.aborted.load(Ordering::Relaxed) {
             roll_back(&mut conn).await;
             return Err(Error::TransactionAborted);

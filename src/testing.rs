@@ -161,7 +161,11 @@ async fn ensure_template(admin_url: &str) {
         .get_or_init(|| async {
             let mut admin = admin_connection(admin_url).await;
             // Other test processes may be building the same template.
-            run(&mut admin, &format!("SELECT pg_advisory_lock({TEMPLATE_LOCK_KEY})")).await;
+            run(
+                &mut admin,
+                &format!("SELECT pg_advisory_lock({TEMPLATE_LOCK_KEY})"),
+            )
+            .await;
             let exists: bool = diesel::select(diesel::dsl::exists(
                 crate::testing::pg_database::table
                     .filter(crate::testing::pg_database::datname.eq(TEMPLATE)),
@@ -172,14 +176,22 @@ async fn ensure_template(admin_url: &str) {
             if !exists {
                 build_template(&mut admin, admin_url).await;
             }
-            run(&mut admin, &format!("SELECT pg_advisory_unlock({TEMPLATE_LOCK_KEY})")).await;
+            run(
+                &mut admin,
+                &format!("SELECT pg_advisory_unlock({TEMPLATE_LOCK_KEY})"),
+            )
+            .await;
         })
         .await;
 }
 
 async fn build_template(admin: &mut AsyncPgConnection, admin_url: &str) {
     let building = format!("{TEMPLATE}_building");
-    run(admin, &format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)")).await;
+    run(
+        admin,
+        &format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"),
+    )
+    .await;
     run(admin, &format!("CREATE DATABASE {building}")).await;
     let store = Store::connect_url(&database_url(admin_url, &building))
         .await
@@ -196,7 +208,11 @@ async fn build_template(admin: &mut AsyncPgConnection, admin_url: &str) {
         ),
     )
     .await;
-    run(admin, &format!("ALTER DATABASE {building} RENAME TO {TEMPLATE}")).await;
+    run(
+        admin,
+        &format!("ALTER DATABASE {building} RENAME TO {TEMPLATE}"),
+    )
+    .await;
 }
 
 async fn run(conn: &mut AsyncPgConnection, sql: &str) {
@@ -254,9 +270,14 @@ fn start_throwaway_server() -> Server {
         std::os::unix::process::CommandExt::uid(&mut command, uid);
         std::os::unix::process::CommandExt::gid(&mut command, gid);
     }
-    let mut child = command.spawn().expect("starting the test server supervisor");
+    let mut child = command
+        .spawn()
+        .expect("starting the test server supervisor");
     let stdout = child.stdout.take().expect("supervisor stdout");
-    let started = BufReader::new(stdout).lines().map_while(Result::ok).any(|line| line == "started");
+    let started = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line == "started");
     if !started {
         panic!(
             "the throwaway PostgreSQL server in {} did not start; see the log above",
@@ -338,7 +359,9 @@ fn free_port() -> u16 {
 }
 
 fn running_as_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 fn unprivileged_user() -> (u32, u32) {

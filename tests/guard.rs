@@ -19,14 +19,21 @@ async fn tenant(store: &Store, name: &str) -> TenantId {
 async fn add_customer(tx: &mut TenantConn, phone: &str) -> Result<usize> {
     let tenant = tx.tenant_id();
     Ok(diesel::insert_into(customers::table)
-        .values((customers::tenant_id.eq(tenant), customers::phone_e164.eq(phone)))
+        .values((
+            customers::tenant_id.eq(tenant),
+            customers::phone_e164.eq(phone),
+        ))
         .execute(tx.conn())
         .await?)
 }
 
 async fn customer_count(store: &Store, tenant: TenantId) -> i64 {
     let mut tx = store.tenant(tenant).await.unwrap();
-    let count = customers::table.count().get_result(tx.conn()).await.unwrap();
+    let count = customers::table
+        .count()
+        .get_result(tx.conn())
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     count
 }
@@ -94,7 +101,11 @@ async fn dropped_guard_writes_nothing_and_returns_a_clean_connection() {
     assert_eq!(state.current_user, state.session_user);
     drop(conn);
     assert_eq!(customer_count(&store, acme).await, 0);
-    assert_eq!(store.pool_status().connections, 1, "connection was kept, not discarded");
+    assert_eq!(
+        store.pool_status().connections,
+        1,
+        "connection was kept, not discarded"
+    );
 }
 
 #[tokio::test]
@@ -144,8 +155,15 @@ async fn superuser_login_is_still_isolated() {
     .get_result(&mut *conn)
     .await
     .unwrap();
-    assert!(superuser, "this test needs a superuser login to mean anything");
-    let everything: i64 = customers::table.count().get_result(&mut *conn).await.unwrap();
+    assert!(
+        superuser,
+        "this test needs a superuser login to mean anything"
+    );
+    let everything: i64 = customers::table
+        .count()
+        .get_result(&mut *conn)
+        .await
+        .unwrap();
     assert_eq!(everything, 2, "the superuser itself bypasses RLS");
     drop(conn);
 
@@ -176,9 +194,17 @@ async fn suspended_tenant_is_refused_until_reactivated() {
     let db = TestDb::new().await;
     let store = db.store();
     let acme = tenant(store, "Acme").await;
-    store.platform().set_status(acme, TenantStatus::Suspended).await.unwrap();
+    store
+        .platform()
+        .set_status(acme, TenantStatus::Suspended)
+        .await
+        .unwrap();
     assert!(matches!(store.tenant(acme).await, Err(Error::TenantSuspended(id)) if id == acme));
-    store.platform().set_status(acme, TenantStatus::Active).await.unwrap();
+    store
+        .platform()
+        .set_status(acme, TenantStatus::Active)
+        .await
+        .unwrap();
     store.tenant(acme).await.unwrap().commit().await.unwrap();
 }
 
@@ -190,7 +216,9 @@ async fn commit_after_a_failed_statement_reports_the_loss() {
     let mut tx = store.tenant(acme).await.unwrap();
     add_customer(&mut tx, "+15550000001").await.unwrap();
     let duplicate = add_customer(&mut tx, "+15550000001").await;
-    assert!(matches!(duplicate, Err(Error::Conflict { ref constraint }) if constraint == "customers_tenant_phone_key"));
+    assert!(
+        matches!(duplicate, Err(Error::Conflict { ref constraint }) if constraint == "customers_tenant_phone_key")
+    );
     assert!(matches!(tx.commit().await, Err(Error::TransactionAborted)));
     assert_eq!(customer_count(store, acme).await, 0);
 }
@@ -206,7 +234,10 @@ async fn a_failure_undone_by_a_savepoint_does_not_block_commit() {
         .conn()
         .transaction(async |conn| {
             Ok(diesel::insert_into(customers::table)
-                .values((customers::tenant_id.eq(acme), customers::phone_e164.eq("+15550000001")))
+                .values((
+                    customers::tenant_id.eq(acme),
+                    customers::phone_e164.eq("+15550000001"),
+                ))
                 .execute(conn)
                 .await?)
         })
@@ -224,8 +255,13 @@ async fn statement_timeout_applies_to_pooled_connections() {
     let store = Store::connect_url(&url).await.unwrap();
     let acme = tenant(&store, "Acme").await;
     let mut tx = store.tenant(acme).await.unwrap();
-    let slow = diesel::sql_query("SELECT pg_sleep(1)").execute(tx.conn()).await;
-    assert!(slow.is_err(), "pg_sleep(1) should hit a 50 ms statement timeout");
+    let slow = diesel::sql_query("SELECT pg_sleep(1)")
+        .execute(tx.conn())
+        .await;
+    assert!(
+        slow.is_err(),
+        "pg_sleep(1) should hit a 50 ms statement timeout"
+    );
 }
 
 #[tokio::test]

@@ -84,16 +84,34 @@ async fn no_tenant_can_read_or_write_another_tenants_rows() {
         assert_eq!(b_rows_before.len(), 1, "{table}: B's fixture row");
 
         let mut tx = store.tenant(a).await.unwrap();
-        assert_eq!(count(&mut tx, &format!("SELECT count(*) FROM {table}")).await, 1, "{table}");
         assert_eq!(
-            count(&mut tx, &format!("SELECT count(*) FROM {table} WHERE tenant_id = '{b}'")).await,
+            count(&mut tx, &format!("SELECT count(*) FROM {table}")).await,
+            1,
+            "{table}"
+        );
+        assert_eq!(
+            count(
+                &mut tx,
+                &format!("SELECT count(*) FROM {table} WHERE tenant_id = '{b}'")
+            )
+            .await,
             0,
             "{table}: A sees B's rows"
         );
         tx.commit().await.unwrap();
 
-        let update_b = probe(store, a, &format!("UPDATE {table} SET tenant_id = tenant_id WHERE tenant_id = '{b}'")).await;
-        let delete_b = probe(store, a, &format!("DELETE FROM {table} WHERE tenant_id = '{b}'")).await;
+        let update_b = probe(
+            store,
+            a,
+            &format!("UPDATE {table} SET tenant_id = tenant_id WHERE tenant_id = '{b}'"),
+        )
+        .await;
+        let delete_b = probe(
+            store,
+            a,
+            &format!("DELETE FROM {table} WHERE tenant_id = '{b}'"),
+        )
+        .await;
         if can_update {
             assert_eq!(update_b.unwrap(), 0, "{table}: A updated B's rows");
             let move_to_b = probe(store, a, &format!("UPDATE {table} SET tenant_id = '{b}'")).await;
@@ -118,9 +136,16 @@ async fn no_tenant_can_read_or_write_another_tenants_rows() {
             ),
         )
         .await;
-        assert_refused(insert_as_b, &format!("{table}: A inserted a row carrying B's id"));
+        assert_refused(
+            insert_as_b,
+            &format!("{table}: A inserted a row carrying B's id"),
+        );
 
-        assert_eq!(rows_as_json(store, b, table).await, b_rows_before, "{table}: B's row changed");
+        assert_eq!(
+            rows_as_json(store, b, table).await,
+            b_rows_before,
+            "{table}: B's row changed"
+        );
     }
 }
 
@@ -135,10 +160,13 @@ async fn without_a_tenant_context_nothing_is_visible_and_inserts_are_refused() {
         let mut conn = store.raw_connection().await.unwrap();
         let outcome: Result<()> = conn
             .transaction(async |conn| {
-                diesel::sql_query("SET LOCAL ROLE loyalty_app").execute(conn).await?;
-                let visible: i64 = diesel::select(sql::<BigInt>(&format!("(SELECT count(*) FROM {table})")))
-                    .get_result(conn)
+                diesel::sql_query("SET LOCAL ROLE loyalty_app")
+                    .execute(conn)
                     .await?;
+                let visible: i64 =
+                    diesel::select(sql::<BigInt>(&format!("(SELECT count(*) FROM {table})")))
+                        .get_result(conn)
+                        .await?;
                 assert_eq!(visible, 0, "{table}: rows visible without a tenant");
                 diesel::sql_query(format!(
                     "INSERT INTO {table} SELECT (jsonb_populate_record(NULL::{table}, \
@@ -171,7 +199,12 @@ async fn loyalty_app_sees_only_its_own_tenant_row() {
     assert_eq!(ids, [a.to_string()]);
     tx.commit().await.unwrap();
     assert_refused(
-        probe(store, a, &format!("UPDATE tenants SET name = 'x' WHERE id = '{a}'")).await,
+        probe(
+            store,
+            a,
+            &format!("UPDATE tenants SET name = 'x' WHERE id = '{a}'"),
+        )
+        .await,
         "loyalty_app may not update tenants",
     );
 }
@@ -198,8 +231,14 @@ END $$;
 
 async fn run_seed_rls_test(store: &Store, role: &str) -> Result<()> {
     let platform = store.platform();
-    let t1 = platform.create(NewTenant::new("Tenant 1", "USD".parse()?)).await?.id;
-    let t2 = platform.create(NewTenant::new("Tenant 2", "USD".parse()?)).await?.id;
+    let t1 = platform
+        .create(NewTenant::new("Tenant 1", "USD".parse()?))
+        .await?
+        .id;
+    let t2 = platform
+        .create(NewTenant::new("Tenant 2", "USD".parse()?))
+        .await?
+        .id;
     let mut conn = store.raw_connection().await?;
     let setup = format!(
         "SET LOCAL ROLE {role}; SELECT set_config('test.tenant1', '{t1}', true), \
@@ -228,5 +267,8 @@ async fn seed_rls_test_proves_nothing_as_a_superuser() {
     let Err(Error::Database(err)) = outcome else {
         panic!("expected the seed's own exception, got {outcome:?}");
     };
-    assert!(err.to_string().contains("tenant2 saw tenant1 customers"), "{err}");
+    assert!(
+        err.to_string().contains("tenant2 saw tenant1 customers"),
+        "{err}"
+    );
 }

@@ -26,11 +26,18 @@ async fn four_instances_migrating_at_once_apply_each_migration_once() {
         applied.extend(task.await.unwrap().unwrap());
     }
     let expected = std::fs::read_dir("migrations").unwrap().count();
-    assert_eq!(applied.len(), expected, "every migration applied exactly once: {applied:?}");
+    assert_eq!(
+        applied.len(),
+        expected,
+        "every migration applied exactly once: {applied:?}"
+    );
     applied.sort();
     applied.dedup();
     assert_eq!(applied.len(), expected);
-    assert!(db.store().migrate().await.unwrap().is_empty(), "nothing left to apply");
+    assert!(
+        db.store().migrate().await.unwrap().is_empty(),
+        "nothing left to apply"
+    );
 }
 
 fn schema_dump(url: &str) -> String {
@@ -38,7 +45,11 @@ fn schema_dump(url: &str) -> String {
         .args(["--schema-only", "--no-owner", url])
         .output()
         .expect("running pg_dump");
-    assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pg_dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Recent pg_dump releases wrap the dump in \restrict lines with a random key.
     String::from_utf8(out.stdout)
         .unwrap()
@@ -52,7 +63,10 @@ fn schema_dump(url: &str) -> String {
 fn assert_same_schema(actual: &str, expected: &str, what: &str) {
     if actual != expected {
         let only_in = |a: &str, b: &str| {
-            a.lines().filter(|line| !b.lines().any(|other| other == *line)).collect::<Vec<_>>().join("\n")
+            a.lines()
+                .filter(|line| !b.lines().any(|other| other == *line))
+                .collect::<Vec<_>>()
+                .join("\n")
         };
         panic!(
             "{what}\n--- only after:\n{}\n--- only before:\n{}",
@@ -75,16 +89,31 @@ async fn every_down_migration_reverts_its_up_migration_exactly() {
             conn.run_next_migration(MIGRATIONS).unwrap();
             states.push(schema_dump(&url));
         }
-        assert_eq!(states.len(), std::fs::read_dir("migrations").unwrap().count() + 1);
+        assert_eq!(
+            states.len(),
+            std::fs::read_dir("migrations").unwrap().count() + 1
+        );
         for step in (1..states.len()).rev() {
             let version = conn.revert_last_migration(MIGRATIONS).unwrap();
-            assert_same_schema(&schema_dump(&url), &states[step - 1], &format!("down.sql of {version}"));
+            assert_same_schema(
+                &schema_dump(&url),
+                &states[step - 1],
+                &format!("down.sql of {version}"),
+            );
             conn.run_next_migration(MIGRATIONS).unwrap();
-            assert_same_schema(&schema_dump(&url), &states[step], &format!("re-applying {version}"));
+            assert_same_schema(
+                &schema_dump(&url),
+                &states[step],
+                &format!("re-applying {version}"),
+            );
             conn.revert_last_migration(MIGRATIONS).unwrap();
         }
         conn.run_pending_migrations(MIGRATIONS).unwrap();
-        assert_same_schema(&schema_dump(&url), states.last().unwrap(), "applying all again");
+        assert_same_schema(
+            &schema_dump(&url),
+            states.last().unwrap(),
+            "applying all again",
+        );
     })
     .await
     .unwrap();
@@ -94,7 +123,11 @@ async fn every_down_migration_reverts_its_up_migration_exactly() {
 async fn sql_and_rust_agree_on_currency_codes() {
     let db = TestDb::new().await;
     let mut conn = db.store().raw_connection().await.unwrap();
-    let listed = ISO_4217.iter().map(|c| format!("'{c}'")).collect::<Vec<_>>().join(",");
+    let listed = ISO_4217
+        .iter()
+        .map(|c| format!("'{c}'"))
+        .collect::<Vec<_>>()
+        .join(",");
     let all_known: bool = diesel::select(sql::<Bool>(&format!(
         "(SELECT bool_and(is_iso4217(c)) FROM unnest(ARRAY[{listed}]) c)"
     )))

@@ -13,16 +13,26 @@ async fn create_get_and_update_theme() {
     let db = TestDb::new().await;
     let platform = db.store().platform();
     let created = platform
-        .create(NewTenant::new("Acme", usd()).country("ZW").theme(json!({"primary": "#123456"})))
+        .create(
+            NewTenant::new("Acme", usd())
+                .country("ZW")
+                .theme(json!({"primary": "#123456"})),
+        )
         .await
         .unwrap();
     assert_eq!(created.status, TenantStatus::Active);
     assert_eq!(created.country_code.as_deref(), Some("ZW"));
     assert_eq!(platform.get(created.id).await.unwrap(), created);
 
-    let themed = platform.update_theme(created.id, json!({"primary": "#ff0000"})).await.unwrap();
+    let themed = platform
+        .update_theme(created.id, json!({"primary": "#ff0000"}))
+        .await
+        .unwrap();
     assert_eq!(themed.theme, json!({"primary": "#ff0000"}));
-    assert!(themed.updated_at > created.updated_at, "trigger keeps updated_at");
+    assert!(
+        themed.updated_at > created.updated_at,
+        "trigger keeps updated_at"
+    );
     assert_eq!(themed.created_at, created.created_at);
 }
 
@@ -32,8 +42,14 @@ async fn missing_tenants_are_not_found() {
     let platform = db.store().platform();
     let ghost = TenantId::new();
     assert!(matches!(platform.get(ghost).await, Err(Error::NotFound)));
-    assert!(matches!(platform.update_theme(ghost, json!({})).await, Err(Error::NotFound)));
-    assert!(matches!(platform.set_status(ghost, TenantStatus::Suspended).await, Err(Error::NotFound)));
+    assert!(matches!(
+        platform.update_theme(ghost, json!({})).await,
+        Err(Error::NotFound)
+    ));
+    assert!(matches!(
+        platform.set_status(ghost, TenantStatus::Suspended).await,
+        Err(Error::NotFound)
+    ));
 }
 
 #[tokio::test]
@@ -43,7 +59,9 @@ async fn duplicate_ids_conflict() {
     let first = NewTenant::new("Acme", usd());
     platform.create(first.clone()).await.unwrap();
     let again = platform.create(first).await;
-    assert!(matches!(again, Err(Error::Conflict { ref constraint }) if constraint == "tenants_pkey"));
+    assert!(
+        matches!(again, Err(Error::Conflict { ref constraint }) if constraint == "tenants_pkey")
+    );
 }
 
 #[tokio::test]
@@ -55,7 +73,10 @@ async fn invalid_input_is_refused_before_writing() {
         (NewTenant::new("x".repeat(201), usd()), "name"),
         (NewTenant::new("Acme", usd()).country("zw"), "country_code"),
         (NewTenant::new("Acme", usd()).country("ZWE"), "country_code"),
-        (NewTenant::new("Acme", usd()).theme(json!(["not", "an", "object"])), "theme"),
+        (
+            NewTenant::new("Acme", usd()).theme(json!(["not", "an", "object"])),
+            "theme",
+        ),
     ];
     for (input, field) in cases {
         let outcome = platform.create(input).await;
@@ -64,12 +85,21 @@ async fn invalid_input_is_refused_before_writing() {
             "{field}: {outcome:?}"
         );
     }
-    let acme = platform.create(NewTenant::new("Acme", usd())).await.unwrap();
+    let acme = platform
+        .create(NewTenant::new("Acme", usd()))
+        .await
+        .unwrap();
     assert!(matches!(
         platform.update_theme(acme.id, json!("dark")).await,
         Err(Error::InvalidInput { field: "theme", .. })
     ));
-    let all = platform.list(TenantPage { after: None, limit: 100 }).await.unwrap();
+    let all = platform
+        .list(TenantPage {
+            after: None,
+            limit: 100,
+        })
+        .await
+        .unwrap();
     assert_eq!(all.len(), 1, "only the valid tenant was written");
 }
 
@@ -86,7 +116,10 @@ async fn the_database_enforces_the_same_rules() {
         "INSERT INTO tenants (name, default_ccy, status) VALUES ('Acme', 'USD', 'gone')",
     ] {
         let outcome = conn.batch_execute(bad).await.map_err(Error::from);
-        assert!(matches!(outcome, Err(Error::CheckViolation { .. })), "{bad}: {outcome:?}");
+        assert!(
+            matches!(outcome, Err(Error::CheckViolation { .. })),
+            "{bad}: {outcome:?}"
+        );
     }
 }
 
@@ -96,15 +129,49 @@ async fn list_pages_by_id() {
     let platform = db.store().platform();
     let mut created = Vec::new();
     for n in 0..5 {
-        created.push(platform.create(NewTenant::new(format!("T{n}"), usd())).await.unwrap().id);
+        created.push(
+            platform
+                .create(NewTenant::new(format!("T{n}"), usd()))
+                .await
+                .unwrap()
+                .id,
+        );
     }
-    let first = platform.list(TenantPage { after: None, limit: 2 }).await.unwrap();
-    let second = platform.list(TenantPage { after: Some(first[1].id), limit: 2 }).await.unwrap();
-    let third = platform.list(TenantPage { after: Some(second[1].id), limit: 2 }).await.unwrap();
-    let seen: Vec<TenantId> = first.iter().chain(&second).chain(&third).map(|t| t.id).collect();
+    let first = platform
+        .list(TenantPage {
+            after: None,
+            limit: 2,
+        })
+        .await
+        .unwrap();
+    let second = platform
+        .list(TenantPage {
+            after: Some(first[1].id),
+            limit: 2,
+        })
+        .await
+        .unwrap();
+    let third = platform
+        .list(TenantPage {
+            after: Some(second[1].id),
+            limit: 2,
+        })
+        .await
+        .unwrap();
+    let seen: Vec<TenantId> = first
+        .iter()
+        .chain(&second)
+        .chain(&third)
+        .map(|t| t.id)
+        .collect();
     assert_eq!(seen, created, "v7 ids list in creation order");
     assert!(matches!(
-        platform.list(TenantPage { after: None, limit: 0 }).await,
+        platform
+            .list(TenantPage {
+                after: None,
+                limit: 0
+            })
+            .await,
         Err(Error::InvalidInput { field: "limit", .. })
     ));
 }
@@ -116,8 +183,10 @@ fn tenant_rows_round_trip_through_serde() {
     assert_eq!(json["default_ccy"], "USD");
     let back: NewTenant = serde_json::from_value(json).unwrap();
     assert_eq!(back, tenant);
-    assert!(serde_json::from_value::<NewTenant>(json!({
-        "id": tenant.id, "name": "x", "country_code": null, "default_ccy": "usd", "theme": {}
-    }))
-    .is_err());
+    assert!(
+        serde_json::from_value::<NewTenant>(json!({
+            "id": tenant.id, "name": "x", "country_code": null, "default_ccy": "usd", "theme": {}
+        }))
+        .is_err()
+    );
 }
