@@ -5,6 +5,7 @@ mod error;
 pub mod ids;
 mod migrate;
 mod money;
+mod page;
 pub mod repo;
 pub mod schema;
 mod store;
@@ -12,6 +13,7 @@ mod tenant;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod text_enum;
+mod validate;
 
 pub use config::{Config, Recycling};
 pub use error::{Error, Result};
@@ -19,11 +21,27 @@ pub use ids::*;
 pub use migrate::MIGRATIONS;
 pub use money::{Currency, ISO_4217};
 pub use store::{PoolStatus, Store};
-pub use tenant::TenantConn;
+pub use page::{Cursor, KeysetPage, Page, TimeRange};
+pub use tenant::{Actor, TenantConn};
+pub use validate::MAX_PAGE;
 
-/// The types most callers need, for a glob import.
+/// The types most callers need, for a glob import: the store, the guard,
+/// errors, ids, and every repository trait with its inputs.
 pub mod prelude {
     pub use crate::ids::*;
+    pub use crate::repo::analytics::AnalyticsRepository;
+    pub use crate::repo::audit_logs::{AuditLogRepository, NewAuditLog};
+    pub use crate::repo::campaigns::{CampaignRepository, CampaignStatus, NewCampaign};
+    pub use crate::repo::consents::{Channel, ConsentRepository, NewConsent, Purpose};
+    pub use crate::repo::customers::{CustomerRepository, CustomerStatus, NewCustomer};
+    pub use crate::repo::events::{EventRepository, NewEvent};
+    pub use crate::repo::rewards::{NewReward, RewardRepository, RewardStatus, RewardType};
+    pub use crate::repo::rules::{NewRule, RuleRepository};
+    pub use crate::repo::staff_users::{NewStaffUser, StaffRole, StaffUserRepository};
     pub use crate::repo::tenants::{NewTenant, Tenant, TenantPage, TenantRepository, TenantStatus};
-    pub use crate::{Config, Currency, Error, Result, Store, TenantConn};
+    pub use crate::repo::wa_sessions::{NewWaSession, WaSessionRepository};
+    pub use crate::{
+        Actor, Config, Currency, Cursor, Error, KeysetPage, Page, Result, Store, TenantConn,
+        TimeRange,
+    };
 }

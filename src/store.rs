@@ -12,7 +12,7 @@ use crate::config::{Config, Recycling};
 use crate::error::Result;
 use crate::ids::TenantId;
 use crate::repo::tenants::Platform;
-use crate::tenant::TenantConn;
+use crate::tenant::{Actor, TenantConn};
 
 pub(crate) type PgPool = Pool<AsyncPgConnection>;
 
@@ -96,10 +96,17 @@ impl Store {
         &self.config
     }
 
-    /// Opens a unit of work for one tenant. See [`TenantConn`].
+    /// Opens a unit of work for one tenant, acting as [`Actor::System`].
+    /// See [`TenantConn`].
     pub async fn tenant(&self, tenant: TenantId) -> Result<TenantConn> {
+        self.tenant_as(tenant, Actor::System).await
+    }
+
+    /// Opens a unit of work for one tenant on behalf of `actor`, whom audited
+    /// writes record.
+    pub async fn tenant_as(&self, tenant: TenantId, actor: Actor) -> Result<TenantConn> {
         let conn = self.pool.get_owned().await?;
-        TenantConn::begin(conn, tenant).await
+        TenantConn::begin(conn, tenant, actor).await
     }
 
     /// Tenant provisioning, the one scope that runs without a tenant.

@@ -12,7 +12,8 @@ use diesel_async::{
 };
 
 use crate::error::{Error, Result};
-use crate::ids::TenantId;
+use crate::ids::{CustomerId, StaffUserId, TenantId};
+use serde::{Deserialize, Serialize};
 
 type Pooled = bb8::PooledConnection<'static, AsyncDieselConnectionManager<AsyncPgConnection>>;
 
@@ -47,7 +48,41 @@ type Pooled = bb8::PooledConnection<'static, AsyncDieselConnectionManager<AsyncP
 pub struct TenantConn {
     conn: Option<Pooled>,
     tenant: TenantId,
+    actor: Actor,
     aborted: Arc<AtomicBool>,
+}
+
+/// Who is acting through a guard. Audited writes record it in `audit_logs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "id", rename_all = "snake_case")]
+pub enum Actor {
+    /// The platform itself: jobs, imports, automatic expiry.
+    System,
+    /// A signed-in staff user.
+    Staff(StaffUserId),
+    /// An API client.
+    Api,
+    /// The customer, for example through WhatsApp.
+    Customer(CustomerId),
+}
+
+impl Actor {
+    pub(crate) fn kind(self) -> &'static str {
+        match self {
+            Actor::System => "system",
+            Actor::Staff(_) => "staff",
+            Actor::Api => "api",
+            Actor::Customer(_) => "customer",
+        }
+    }
+
+    pub(crate) fn id(self) -> Option<uuid::Uuid> {
+        match self {
+            Actor::Staff(id) => Some(id.0),
+            Actor::Customer(id) => Some(id.0),
+            Actor::System | Actor::Api => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for TenantConn {
@@ -60,7 +95,7 @@ impl std::fmt::Debug for TenantConn {
 }
 
 impl TenantConn {
-    pub(crate) async fn begin(mut conn: Pooled, tenant: TenantId) -> Result<Self> {
+    pub(crate) async fn begin(mut conn: Pooled, tenant: TenantId, actor: Actor) -> Result<Self> {
         let aborted = Arc::new(AtomicBool::new(false));
         conn.set_instrumentation(AbortWatch::new(Arc::clone(&aborted)));
         // The uuid is formatted from a typed id, so nothing user-supplied is
@@ -84,6 +119,7 @@ impl TenantConn {
         Ok(TenantConn {
             conn: Some(conn),
             tenant,
+            actor,
             aborted,
         })
     }
@@ -91,6 +127,11 @@ impl TenantConn {
     /// The tenant this guard acts for.
     pub fn tenant_id(&self) -> TenantId {
         self.tenant
+    }
+
+    /// Who is acting, as given to [`crate::Store::tenant_as`].
+    pub fn actor(&self) -> Actor {
+        self.actor
     }
 
     /// The connection, for diesel queries of your own. Everything run on it is
