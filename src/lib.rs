@@ -1,10 +1,12 @@
 #![doc = include_str!("../README.md")]
 
 mod config;
+pub mod demo;
 mod error;
 pub mod ids;
 mod migrate;
 mod money;
+mod ops;
 mod page;
 pub mod repo;
 pub mod schema;
@@ -20,8 +22,9 @@ pub use error::{Error, Result};
 pub use ids::*;
 pub use migrate::MIGRATIONS;
 pub use money::{Currency, ISO_4217};
-pub use store::{PoolStatus, Store};
+pub use ops::{Diagnostics, Health, IndexUsage, SlowStatement, TableSize};
 pub use page::{Cursor, KeysetPage, Page, TimeRange};
+pub use store::{PoolStatus, Store};
 pub use tenant::{Actor, TenantConn};
 pub use validate::MAX_PAGE;
 

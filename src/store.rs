@@ -114,6 +114,11 @@ impl Store {
         Platform::new(&self.pool)
     }
 
+    /// The pool, for crate modules that need a plain login-role connection.
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Pool occupancy right now.
     pub fn pool_status(&self) -> PoolStatus {
         let state = self.pool.state();

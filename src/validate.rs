@@ -12,9 +12,15 @@ pub(crate) fn text(field: &'static str, value: &str, min: usize, max: usize) -> 
     if (min..=max).contains(&len) {
         Ok(())
     } else if min == 0 {
-        Err(Error::invalid(field, format!("must be at most {max} characters")))
+        Err(Error::invalid(
+            field,
+            format!("must be at most {max} characters"),
+        ))
     } else {
-        Err(Error::invalid(field, format!("must be {min} to {max} characters")))
+        Err(Error::invalid(
+            field,
+            format!("must be {min} to {max} characters"),
+        ))
     }
 }
 
@@ -46,7 +52,10 @@ pub(crate) fn email(value: &str) -> Result<()> {
     if valid {
         Ok(())
     } else {
-        Err(Error::invalid("email", format!("{value:?} is not an e-mail address")))
+        Err(Error::invalid(
+            "email",
+            format!("{value:?} is not an e-mail address"),
+        ))
     }
 }
 
@@ -59,7 +68,10 @@ pub(crate) fn e164(field: &'static str, value: &str) -> Result<()> {
     if valid {
         Ok(())
     } else {
-        Err(Error::invalid(field, format!("{value:?} is not an E.164 number like +263771234567")))
+        Err(Error::invalid(
+            field,
+            format!("{value:?} is not an E.164 number like +263771234567"),
+        ))
     }
 }
 
@@ -81,7 +93,10 @@ pub(crate) fn amount(field: &'static str, value: &BigDecimal) -> Result<()> {
     }
     let (_, scale) = value.as_bigint_and_exponent();
     if scale > 2 && value.with_scale(2) != *value {
-        return Err(Error::invalid(field, "must have at most two decimal places"));
+        return Err(Error::invalid(
+            field,
+            "must have at most two decimal places",
+        ));
     }
     if value >= &BigDecimal::from(10_i64.pow(16)) {
         return Err(Error::invalid(field, "must be below 10^16"));
@@ -110,7 +125,9 @@ mod tests {
         for ok in ["a@b.co", "first.last+tag@example.co.zw"] {
             email(ok).unwrap();
         }
-        for bad in ["", "a", "a@b", "@b.co", "a@@b.co", "a b@c.co", "a@.co", "a@b."] {
+        for bad in [
+            "", "a", "a@b", "@b.co", "a@@b.co", "a b@c.co", "a@.co", "a@b.",
+        ] {
             assert!(email(bad).is_err(), "{bad}");
         }
     }
@@ -120,7 +137,14 @@ mod tests {
         for ok in ["+263771234567", "+15550000001", "+4930123"] {
             e164("phone", ok).unwrap();
         }
-        for bad in ["263771234567", "+0263771234", "+1234", "+1234567890123456", "+26377 123", ""] {
+        for bad in [
+            "263771234567",
+            "+0263771234",
+            "+1234",
+            "+1234567890123456",
+            "+26377 123",
+            "",
+        ] {
             assert!(e164("phone", bad).is_err(), "{bad}");
         }
     }

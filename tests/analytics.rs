@@ -21,8 +21,18 @@ struct World {
 /// cake ×1 (cancelled), plus one cake issued 10 days ago; tea never.
 async fn world(store: &Store) -> World {
     let usd: Currency = "USD".parse().unwrap();
-    let tenant = store.platform().create(NewTenant::new("A", usd)).await.unwrap().id;
-    let other = store.platform().create(NewTenant::new("B", usd)).await.unwrap().id;
+    let tenant = store
+        .platform()
+        .create(NewTenant::new("A", usd))
+        .await
+        .unwrap()
+        .id;
+    let other = store
+        .platform()
+        .create(NewTenant::new("B", usd))
+        .await
+        .unwrap()
+        .id;
     let mut tx = store.tenant(tenant).await.unwrap();
     let mut reward = async |name: &str, cost: &str| {
         tx.rewards()
@@ -41,7 +51,12 @@ async fn world(store: &Store) -> World {
     let coffee = reward("Coffee", "2.50").await;
     let cake = reward("Cake", "4").await;
     let tea = reward("Tea", "1").await;
-    let campaign = tx.campaigns().create(NewCampaign::draft("C")).await.unwrap().id;
+    let campaign = tx
+        .campaigns()
+        .create(NewCampaign::draft("C"))
+        .await
+        .unwrap()
+        .id;
     let rule = tx
         .rules()
         .create(NewRule {
@@ -57,8 +72,19 @@ async fn world(store: &Store) -> World {
         .unwrap()
         .id;
     let mut customers = Vec::new();
-    for (n, status) in [CustomerStatus::Active, CustomerStatus::Active, CustomerStatus::Blocked].into_iter().enumerate() {
-        let c = tx.customers().create(NewCustomer::new(format!("+1555000000{n}"))).await.unwrap();
+    for (n, status) in [
+        CustomerStatus::Active,
+        CustomerStatus::Active,
+        CustomerStatus::Blocked,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let c = tx
+            .customers()
+            .create(NewCustomer::new(format!("+1555000000{n}")))
+            .await
+            .unwrap();
         tx.customers().update_status(c.id, status).await.unwrap();
         customers.push(c.id);
     }
@@ -71,7 +97,11 @@ async fn world(store: &Store) -> World {
     ];
     let mut sql = String::new();
     for (n, (reward, status, hours_ago, cost)) in issuances.into_iter().enumerate() {
-        let redeemed_at = if status == "redeemed" { "now()" } else { "NULL" };
+        let redeemed_at = if status == "redeemed" {
+            "now()"
+        } else {
+            "NULL"
+        };
         sql += &format!(
             "INSERT INTO issuances (tenant_id, campaign_id, rule_id, customer_id, reward_id, status, \
              cost_amount, currency, idempotency_key, issued_at, redeemed_at) VALUES ('{tenant}', \
@@ -88,7 +118,13 @@ async fn world(store: &Store) -> World {
     }
     tx.conn().batch_execute(&sql).await.unwrap();
     tx.commit().await.unwrap();
-    World { tenant, other, coffee, cake, tea }
+    World {
+        tenant,
+        other,
+        coffee,
+        cake,
+        tea,
+    }
 }
 
 fn last_day() -> TimeRange {
@@ -100,15 +136,30 @@ async fn dashboard_counts() {
     let db = TestDb::new().await;
     let w = world(db.store()).await;
     let mut tx = db.store().tenant(w.tenant).await.unwrap();
-    let stats = tx.analytics().dashboard(Utc::now() - Duration::days(1)).await.unwrap();
+    let stats = tx
+        .analytics()
+        .dashboard(Utc::now() - Duration::days(1))
+        .await
+        .unwrap();
     assert_eq!(stats.active_customers, 2);
     assert_eq!(stats.events, 2);
     assert_eq!(stats.rewards_issued, 4);
     assert_eq!(stats.rewards_redeemed, 2);
     drop(tx);
     let mut tx = db.store().tenant(w.other).await.unwrap();
-    let theirs = tx.analytics().dashboard(Utc::now() - Duration::days(30)).await.unwrap();
-    assert_eq!((theirs.active_customers, theirs.events, theirs.rewards_issued), (0, 0, 0));
+    let theirs = tx
+        .analytics()
+        .dashboard(Utc::now() - Duration::days(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            theirs.active_customers,
+            theirs.events,
+            theirs.rewards_issued
+        ),
+        (0, 0, 0)
+    );
 }
 
 #[tokio::test]
@@ -120,8 +171,16 @@ async fn redemption_rate_counts_every_issuance_in_the_window() {
     // 4 issued in the window, 2 redeemed. The seed's query would divide by the
     // 1 still in status 'issued' and report 200%.
     assert_eq!((rate.issued, rate.redeemed), (4, 2));
-    assert!((rate.rate_percent - 50.0).abs() < 1e-9, "{}", rate.rate_percent);
-    let empty = TimeRange::new(Utc::now() - Duration::days(100), Utc::now() - Duration::days(99)).unwrap();
+    assert!(
+        (rate.rate_percent - 50.0).abs() < 1e-9,
+        "{}",
+        rate.rate_percent
+    );
+    let empty = TimeRange::new(
+        Utc::now() - Duration::days(100),
+        Utc::now() - Duration::days(99),
+    )
+    .unwrap();
     let none = tx.analytics().redemption_rate(empty).await.unwrap();
     assert_eq!((none.issued, none.redeemed, none.rate_percent), (0, 0, 0.0));
 }
@@ -142,14 +201,31 @@ async fn top_rewards_keep_rewards_with_no_issuances() {
     // The seed's WHERE on the joined side would have dropped Tea entirely.
     assert_eq!(
         top,
-        [line(w.coffee, "Coffee", 3, "7.50"), line(w.cake, "Cake", 1, "4"), line(w.tea, "Tea", 0, "0")]
+        [
+            line(w.coffee, "Coffee", 3, "7.50"),
+            line(w.cake, "Cake", 1, "4"),
+            line(w.tea, "Tea", 0, "0")
+        ]
     );
-    assert_eq!(tx.analytics().top_rewards(last_day(), 1).await.unwrap().len(), 1);
+    assert_eq!(
+        tx.analytics()
+            .top_rewards(last_day(), 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert!(matches!(
         tx.analytics().top_rewards(last_day(), 0).await,
         Err(Error::InvalidInput { field: "limit", .. })
     ));
     drop(tx);
     let mut tx = db.store().tenant(w.other).await.unwrap();
-    assert!(tx.analytics().top_rewards(last_day(), 10).await.unwrap().is_empty());
+    assert!(
+        tx.analytics()
+            .top_rewards(last_day(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

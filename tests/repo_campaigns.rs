@@ -10,8 +10,18 @@ use serde_json::json;
 
 async fn two_tenants(store: &Store) -> (TenantId, TenantId) {
     let usd: Currency = "USD".parse().unwrap();
-    let a = store.platform().create(NewTenant::new("A", usd)).await.unwrap().id;
-    let b = store.platform().create(NewTenant::new("B", usd)).await.unwrap().id;
+    let a = store
+        .platform()
+        .create(NewTenant::new("A", usd))
+        .await
+        .unwrap()
+        .id;
+    let b = store
+        .platform()
+        .create(NewTenant::new("B", usd))
+        .await
+        .unwrap()
+        .id;
     (a, b)
 }
 
@@ -45,16 +55,47 @@ async fn rewards_create_get_list_and_archive() {
     let mut cake = coffee("3");
     cake.name = "Cake".into();
     let cake = tx.rewards().create(cake).await.unwrap();
-    let names: Vec<String> = tx.rewards().list_active().await.unwrap().into_iter().map(|r| r.name).collect();
+    let names: Vec<String> = tx
+        .rewards()
+        .list_active()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
     assert_eq!(names, ["Cake", "Free coffee"]);
-    let archived = tx.rewards().set_status(cake.id, RewardStatus::Archived).await.unwrap();
+    let archived = tx
+        .rewards()
+        .set_status(cake.id, RewardStatus::Archived)
+        .await
+        .unwrap();
     assert_eq!(archived.status, RewardStatus::Archived);
     assert_eq!(tx.rewards().list_active().await.unwrap().len(), 1);
-    assert!(matches!(tx.rewards().get(RewardId::new()).await, Err(Error::NotFound)));
-    assert!(matches!(tx.rewards().set_status(RewardId::new(), RewardStatus::Active).await, Err(Error::NotFound)));
+    assert!(matches!(
+        tx.rewards().get(RewardId::new()).await,
+        Err(Error::NotFound)
+    ));
+    assert!(matches!(
+        tx.rewards()
+            .set_status(RewardId::new(), RewardStatus::Active)
+            .await,
+        Err(Error::NotFound)
+    ));
     for (input, field) in [
-        (NewReward { name: String::new(), ..coffee("1") }, "name"),
-        (NewReward { description: Some("x".repeat(2001)), ..coffee("1") }, "description"),
+        (
+            NewReward {
+                name: String::new(),
+                ..coffee("1")
+            },
+            "name",
+        ),
+        (
+            NewReward {
+                description: Some("x".repeat(2001)),
+                ..coffee("1")
+            },
+            "description",
+        ),
         (coffee("0"), "cost_amount"),
         (coffee("-2"), "cost_amount"),
         (coffee("1.005"), "cost_amount"),
@@ -65,8 +106,16 @@ async fn rewards_create_get_list_and_archive() {
 
     let mut tx = store.tenant(b).await.unwrap();
     assert!(tx.rewards().list_active().await.unwrap().is_empty());
-    assert!(matches!(tx.rewards().get(reward.id).await, Err(Error::NotFound)));
-    assert!(matches!(tx.rewards().set_status(reward.id, RewardStatus::Archived).await, Err(Error::NotFound)));
+    assert!(matches!(
+        tx.rewards().get(reward.id).await,
+        Err(Error::NotFound)
+    ));
+    assert!(matches!(
+        tx.rewards()
+            .set_status(reward.id, RewardStatus::Archived)
+            .await,
+        Err(Error::NotFound)
+    ));
 }
 
 #[tokio::test]
@@ -88,7 +137,10 @@ async fn campaigns_window_listing_and_audited_status() {
         .unwrap();
     let open_ended = tx
         .campaigns()
-        .create(NewCampaign { status: CampaignStatus::Active, ..NewCampaign::draft("Open") })
+        .create(NewCampaign {
+            status: CampaignStatus::Active,
+            ..NewCampaign::draft("Open")
+        })
         .await
         .unwrap();
     let finished = tx
@@ -110,53 +162,130 @@ async fn campaigns_window_listing_and_audited_status() {
         })
         .await
         .unwrap();
-    let draft = tx.campaigns().create(NewCampaign::draft("Draft")).await.unwrap();
+    let draft = tx
+        .campaigns()
+        .create(NewCampaign::draft("Draft"))
+        .await
+        .unwrap();
 
-    let active: Vec<_> = tx.campaigns().list_active(now).await.unwrap().into_iter().map(|c| c.id).collect();
+    let active: Vec<_> = tx
+        .campaigns()
+        .list_active(now)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     assert_eq!(active, [open_ended.id, running.id]);
-    assert!(running.is_running_at(now) && !finished.is_running_at(now) && !future.is_running_at(now));
-    let later: Vec<_> = tx.campaigns().list_active(now + Duration::days(3)).await.unwrap().into_iter().map(|c| c.id).collect();
+    assert!(
+        running.is_running_at(now) && !finished.is_running_at(now) && !future.is_running_at(now)
+    );
+    let later: Vec<_> = tx
+        .campaigns()
+        .list_active(now + Duration::days(3))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     assert_eq!(later, [future.id, open_ended.id]);
     assert_eq!(tx.campaigns().list(Page::first(3)).await.unwrap().len(), 3);
-    assert_eq!(tx.campaigns().list(Page { limit: 10, offset: 3 }).await.unwrap().len(), 2);
+    assert_eq!(
+        tx.campaigns()
+            .list(Page {
+                limit: 10,
+                offset: 3
+            })
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
     assert_eq!(tx.campaigns().get(draft.id).await.unwrap(), draft);
     tx.commit().await.unwrap();
 
     let boss = StaffUserId::new();
     let mut tx = store.tenant_as(a, Actor::Staff(boss)).await.unwrap();
-    let paused = tx.campaigns().update_status(running.id, CampaignStatus::Paused).await.unwrap();
+    let paused = tx
+        .campaigns()
+        .update_status(running.id, CampaignStatus::Paused)
+        .await
+        .unwrap();
     assert_eq!(paused.status, CampaignStatus::Paused);
     assert!(paused.updated_at >= running.updated_at);
     let range = TimeRange::new(now - Duration::hours(1), Utc::now() + Duration::hours(1)).unwrap();
-    let audit = tx.audit_logs().list(range, KeysetPage::first(10)).await.unwrap();
+    let audit = tx
+        .audit_logs()
+        .list(range, KeysetPage::first(10))
+        .await
+        .unwrap();
     assert_eq!(audit.len(), 1);
-    assert_eq!((audit[0].action.as_str(), audit[0].actor_id), ("campaign.status_changed", Some(boss.0)));
+    assert_eq!(
+        (audit[0].action.as_str(), audit[0].actor_id),
+        ("campaign.status_changed", Some(boss.0))
+    );
     assert_eq!(audit[0].details, json!({"status": "paused"}));
     tx.commit().await.unwrap();
 
     let mut tx = store.tenant(a).await.unwrap();
-    assert!(matches!(tx.campaigns().get(CampaignId::new()).await, Err(Error::NotFound)));
     assert!(matches!(
-        tx.campaigns().update_status(CampaignId::new(), CampaignStatus::Ended).await,
+        tx.campaigns().get(CampaignId::new()).await,
         Err(Error::NotFound)
     ));
-    let backwards = NewCampaign { start_at: Some(now), end_at: Some(now - Duration::seconds(1)), ..NewCampaign::draft("x") };
-    assert_eq!(invalid_field(tx.campaigns().create(backwards).await), "end_at");
-    let empty_window = NewCampaign { start_at: Some(now), end_at: Some(now), ..NewCampaign::draft("x") };
-    assert_eq!(invalid_field(tx.campaigns().create(empty_window).await), "end_at");
-    assert_eq!(invalid_field(tx.campaigns().create(NewCampaign::draft("")).await), "name");
-    assert_eq!(invalid_field(tx.campaigns().list(Page::first(1001)).await), "limit");
+    assert!(matches!(
+        tx.campaigns()
+            .update_status(CampaignId::new(), CampaignStatus::Ended)
+            .await,
+        Err(Error::NotFound)
+    ));
+    let backwards = NewCampaign {
+        start_at: Some(now),
+        end_at: Some(now - Duration::seconds(1)),
+        ..NewCampaign::draft("x")
+    };
+    assert_eq!(
+        invalid_field(tx.campaigns().create(backwards).await),
+        "end_at"
+    );
+    let empty_window = NewCampaign {
+        start_at: Some(now),
+        end_at: Some(now),
+        ..NewCampaign::draft("x")
+    };
+    assert_eq!(
+        invalid_field(tx.campaigns().create(empty_window).await),
+        "end_at"
+    );
+    assert_eq!(
+        invalid_field(tx.campaigns().create(NewCampaign::draft("")).await),
+        "name"
+    );
+    assert_eq!(
+        invalid_field(tx.campaigns().list(Page::first(1001)).await),
+        "limit"
+    );
     let no_budget = tx
         .campaigns()
-        .create(NewCampaign { budget_id: Some(BudgetId::new()), ..NewCampaign::draft("x") })
+        .create(NewCampaign {
+            budget_id: Some(BudgetId::new()),
+            ..NewCampaign::draft("x")
+        })
         .await;
     assert!(matches!(no_budget, Err(Error::MissingReference { .. })));
     drop(tx);
 
     let mut tx = store.tenant(b).await.unwrap();
     assert!(tx.campaigns().list_active(now).await.unwrap().is_empty());
-    assert!(matches!(tx.campaigns().get(running.id).await, Err(Error::NotFound)));
-    assert!(matches!(tx.campaigns().update_status(running.id, CampaignStatus::Ended).await, Err(Error::NotFound)));
+    assert!(matches!(
+        tx.campaigns().get(running.id).await,
+        Err(Error::NotFound)
+    ));
+    assert!(matches!(
+        tx.campaigns()
+            .update_status(running.id, CampaignStatus::Ended)
+            .await,
+        Err(Error::NotFound)
+    ));
 }
 
 struct Setup {
@@ -168,7 +297,10 @@ async fn campaign_with_reward(tx: &mut TenantConn, status: CampaignStatus) -> Se
     let reward = tx.rewards().create(coffee("2")).await.unwrap();
     let campaign = tx
         .campaigns()
-        .create(NewCampaign { status, ..NewCampaign::draft("C") })
+        .create(NewCampaign {
+            status,
+            ..NewCampaign::draft("C")
+        })
         .await
         .unwrap()
         .id;
@@ -201,16 +333,40 @@ async fn rules_create_list_match_and_toggle() {
     tx.rules().create(rule(&paused, "purchase")).await.unwrap();
     assert!(purchase.active);
     assert_eq!(tx.rules().get(purchase.id).await.unwrap(), purchase);
-    let listed: Vec<_> = tx.rules().list_by_campaign(live.campaign).await.unwrap().into_iter().map(|r| r.id).collect();
+    let listed: Vec<_> = tx
+        .rules()
+        .list_by_campaign(live.campaign)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
     assert_eq!(listed, [purchase.id, signup.id]);
-    let matched: Vec<_> = tx.rules().match_event("purchase", now).await.unwrap().into_iter().map(|r| r.id).collect();
-    assert_eq!(matched, [purchase.id], "the paused campaign's rule does not match");
+    let matched: Vec<_> = tx
+        .rules()
+        .match_event("purchase", now)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(
+        matched,
+        [purchase.id],
+        "the paused campaign's rule does not match"
+    );
     tx.commit().await.unwrap();
 
     let mut tx = store.tenant_as(a, Actor::Api).await.unwrap();
     let off = tx.rules().set_active(purchase.id, false).await.unwrap();
     assert!(!off.active);
-    assert!(tx.rules().match_event("purchase", now).await.unwrap().is_empty());
+    assert!(
+        tx.rules()
+            .match_event("purchase", now)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     tx.rules().set_active(purchase.id, true).await.unwrap();
     let range = TimeRange::new(now - Duration::hours(1), Utc::now() + Duration::hours(1)).unwrap();
     let actions: Vec<_> = tx
@@ -223,31 +379,94 @@ async fn rules_create_list_match_and_toggle() {
         .collect();
     assert_eq!(
         actions,
-        [("rule.activated".to_owned(), "api".to_owned()), ("rule.deactivated".to_owned(), "api".to_owned())]
+        [
+            ("rule.activated".to_owned(), "api".to_owned()),
+            ("rule.deactivated".to_owned(), "api".to_owned())
+        ]
     );
     tx.commit().await.unwrap();
 
     let mut tx = store.tenant(a).await.unwrap();
-    assert!(matches!(tx.rules().get(RuleId::new()).await, Err(Error::NotFound)));
-    assert!(matches!(tx.rules().set_active(RuleId::new(), true).await, Err(Error::NotFound)));
+    assert!(matches!(
+        tx.rules().get(RuleId::new()).await,
+        Err(Error::NotFound)
+    ));
+    assert!(matches!(
+        tx.rules().set_active(RuleId::new(), true).await,
+        Err(Error::NotFound)
+    ));
     for (input, field) in [
-        (NewRule { name: String::new(), ..rule(&live, "x") }, "name"),
-        (NewRule { event_type: "e".repeat(101), ..rule(&live, "x") }, "event_type"),
-        (NewRule { conditions: json!("min 10"), ..rule(&live, "x") }, "conditions"),
-        (NewRule { per_customer_limit: Some(0), ..rule(&live, "x") }, "per_customer_limit"),
-        (NewRule { global_limit: Some(-1), ..rule(&live, "x") }, "global_limit"),
+        (
+            NewRule {
+                name: String::new(),
+                ..rule(&live, "x")
+            },
+            "name",
+        ),
+        (
+            NewRule {
+                event_type: "e".repeat(101),
+                ..rule(&live, "x")
+            },
+            "event_type",
+        ),
+        (
+            NewRule {
+                conditions: json!("min 10"),
+                ..rule(&live, "x")
+            },
+            "conditions",
+        ),
+        (
+            NewRule {
+                per_customer_limit: Some(0),
+                ..rule(&live, "x")
+            },
+            "per_customer_limit",
+        ),
+        (
+            NewRule {
+                global_limit: Some(-1),
+                ..rule(&live, "x")
+            },
+            "global_limit",
+        ),
     ] {
         assert_eq!(invalid_field(tx.rules().create(input).await), field);
     }
-    let orphan = tx.rules().create(NewRule { campaign_id: CampaignId::new(), ..rule(&live, "x") }).await;
+    let orphan = tx
+        .rules()
+        .create(NewRule {
+            campaign_id: CampaignId::new(),
+            ..rule(&live, "x")
+        })
+        .await;
     assert!(matches!(orphan, Err(Error::MissingReference { .. })));
     drop(tx);
 
     let mut tx = store.tenant(b).await.unwrap();
-    assert!(tx.rules().match_event("purchase", now).await.unwrap().is_empty());
-    assert!(tx.rules().list_by_campaign(live.campaign).await.unwrap().is_empty());
-    assert!(matches!(tx.rules().get(purchase.id).await, Err(Error::NotFound)));
-    assert!(matches!(tx.rules().set_active(purchase.id, false).await, Err(Error::NotFound)));
+    assert!(
+        tx.rules()
+            .match_event("purchase", now)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        tx.rules()
+            .list_by_campaign(live.campaign)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        tx.rules().get(purchase.id).await,
+        Err(Error::NotFound)
+    ));
+    assert!(matches!(
+        tx.rules().set_active(purchase.id, false).await,
+        Err(Error::NotFound)
+    ));
     // B cannot hang a rule on A's campaign.
     let cross = tx.rules().create(rule(&live, "purchase")).await;
     assert!(matches!(cross, Err(Error::MissingReference { .. })));
@@ -262,8 +481,16 @@ async fn rule_issuance_counts_mean_this_rule() {
     let setup = campaign_with_reward(&mut tx, CampaignStatus::Active).await;
     let first = tx.rules().create(rule(&setup, "purchase")).await.unwrap();
     let second = tx.rules().create(rule(&setup, "signup")).await.unwrap();
-    let ada = tx.customers().create(NewCustomer::new("+15550000001")).await.unwrap();
-    let bob = tx.customers().create(NewCustomer::new("+15550000002")).await.unwrap();
+    let ada = tx
+        .customers()
+        .create(NewCustomer::new("+15550000001"))
+        .await
+        .unwrap();
+    let bob = tx
+        .customers()
+        .create(NewCustomer::new("+15550000002"))
+        .await
+        .unwrap();
     // The seed counted by campaign, so a sibling rule's issuances leaked
     // into this rule's count. Issuances are inserted directly here; the
     // issuance API has tests of its own.
@@ -274,7 +501,11 @@ async fn rule_issuance_counts_mean_this_rule() {
              '{customer}', '{}', '{status}', 2, 'USD', '{key}', now() - interval '{days_ago} days', {})",
             setup.campaign,
             setup.reward.id,
-            if status == "redeemed" { "now()" } else { "NULL" }
+            if status == "redeemed" {
+                "now()"
+            } else {
+                "NULL"
+            }
         )
     };
     let sql = [
@@ -287,10 +518,46 @@ async fn rule_issuance_counts_mean_this_rule() {
     .join(";");
     tx.conn().batch_execute(&sql).await.unwrap();
     let yesterday = Utc::now() - Duration::days(1);
-    assert_eq!(tx.rules().issuance_count(first.id, yesterday).await.unwrap(), 2);
-    assert_eq!(tx.rules().issuance_count(first.id, Utc::now() - Duration::days(30)).await.unwrap(), 3);
-    assert_eq!(tx.rules().customer_issuance_count(first.id, ada.id).await.unwrap(), 2);
-    assert_eq!(tx.rules().customer_issuance_count(first.id, bob.id).await.unwrap(), 1);
-    assert_eq!(tx.rules().customer_issuance_count(second.id, bob.id).await.unwrap(), 0);
-    assert_eq!(tx.rules().issuance_count(RuleId::new(), yesterday).await.unwrap(), 0);
+    assert_eq!(
+        tx.rules()
+            .issuance_count(first.id, yesterday)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        tx.rules()
+            .issuance_count(first.id, Utc::now() - Duration::days(30))
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        tx.rules()
+            .customer_issuance_count(first.id, ada.id)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        tx.rules()
+            .customer_issuance_count(first.id, bob.id)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        tx.rules()
+            .customer_issuance_count(second.id, bob.id)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        tx.rules()
+            .issuance_count(RuleId::new(), yesterday)
+            .await
+            .unwrap(),
+        0
+    );
 }

@@ -8,8 +8,18 @@ use serde_json::json;
 
 async fn two_tenants(store: &Store) -> (TenantId, TenantId) {
     let usd: Currency = "USD".parse().unwrap();
-    let a = store.platform().create(NewTenant::new("A", usd)).await.unwrap().id;
-    let b = store.platform().create(NewTenant::new("B", usd)).await.unwrap().id;
+    let a = store
+        .platform()
+        .create(NewTenant::new("A", usd))
+        .await
+        .unwrap()
+        .id;
+    let b = store
+        .platform()
+        .create(NewTenant::new("B", usd))
+        .await
+        .unwrap()
+        .id;
     (a, b)
 }
 
@@ -35,23 +45,74 @@ async fn staff_users_create_find_list_and_change_role_with_audit() {
     let store = db.store();
     let (a, _) = two_tenants(store).await;
     let mut tx = store.tenant(a).await.unwrap();
-    let ada = tx.staff_users().create(staff("Ada@Example.com", StaffRole::Admin)).await.unwrap();
+    let ada = tx
+        .staff_users()
+        .create(staff("Ada@Example.com", StaffRole::Admin))
+        .await
+        .unwrap();
     assert_eq!(ada.status, StaffStatus::Active);
     assert_eq!(tx.staff_users().get(ada.id).await.unwrap(), ada);
-    let found = tx.staff_users().find_by_email("ada@EXAMPLE.com").await.unwrap();
-    assert_eq!(found.map(|s| s.id), Some(ada.id), "email lookup ignores case");
-    assert!(tx.staff_users().find_by_email("nobody@example.com").await.unwrap().is_none());
-    let bob = tx.staff_users().create(staff("bob@example.com", StaffRole::Viewer)).await.unwrap();
-    let listed: Vec<_> = tx.staff_users().list(Page::first(10)).await.unwrap().into_iter().map(|s| s.id).collect();
+    let found = tx
+        .staff_users()
+        .find_by_email("ada@EXAMPLE.com")
+        .await
+        .unwrap();
+    assert_eq!(
+        found.map(|s| s.id),
+        Some(ada.id),
+        "email lookup ignores case"
+    );
+    assert!(
+        tx.staff_users()
+            .find_by_email("nobody@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let bob = tx
+        .staff_users()
+        .create(staff("bob@example.com", StaffRole::Viewer))
+        .await
+        .unwrap();
+    let listed: Vec<_> = tx
+        .staff_users()
+        .list(Page::first(10))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
     assert_eq!(listed, [bob.id, ada.id], "newest first");
-    assert_eq!(tx.staff_users().list(Page { limit: 10, offset: 1 }).await.unwrap().len(), 1);
+    assert_eq!(
+        tx.staff_users()
+            .list(Page {
+                limit: 10,
+                offset: 1
+            })
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     tx.commit().await.unwrap();
 
     let mut tx = store.tenant_as(a, Actor::Staff(ada.id)).await.unwrap();
-    let promoted = tx.staff_users().update_role(bob.id, StaffRole::Owner).await.unwrap();
+    let promoted = tx
+        .staff_users()
+        .update_role(bob.id, StaffRole::Owner)
+        .await
+        .unwrap();
     assert_eq!(promoted.role, StaffRole::Owner);
-    let range = TimeRange::new(Utc::now() - Duration::hours(1), Utc::now() + Duration::hours(1)).unwrap();
-    let audit = tx.audit_logs().list(range, KeysetPage::first(10)).await.unwrap();
+    let range = TimeRange::new(
+        Utc::now() - Duration::hours(1),
+        Utc::now() + Duration::hours(1),
+    )
+    .unwrap();
+    let audit = tx
+        .audit_logs()
+        .list(range, KeysetPage::first(10))
+        .await
+        .unwrap();
     assert_eq!(audit.len(), 1);
     assert_eq!(audit[0].action, "staff.role_changed");
     assert_eq!(audit[0].actor_type, "staff");
@@ -67,32 +128,73 @@ async fn staff_users_errors() {
     let store = db.store();
     let (a, b) = two_tenants(store).await;
     let mut tx = store.tenant(a).await.unwrap();
-    let ada = tx.staff_users().create(staff("ada@example.com", StaffRole::Admin)).await.unwrap();
-    assert!(matches!(tx.staff_users().get(StaffUserId::new()).await, Err(Error::NotFound)));
+    let ada = tx
+        .staff_users()
+        .create(staff("ada@example.com", StaffRole::Admin))
+        .await
+        .unwrap();
     assert!(matches!(
-        tx.staff_users().update_role(StaffUserId::new(), StaffRole::Owner).await,
+        tx.staff_users().get(StaffUserId::new()).await,
         Err(Error::NotFound)
     ));
-    assert_eq!(invalid_field(tx.staff_users().create(staff("not-an-email", StaffRole::Staff)).await), "email");
+    assert!(matches!(
+        tx.staff_users()
+            .update_role(StaffUserId::new(), StaffRole::Owner)
+            .await,
+        Err(Error::NotFound)
+    ));
+    assert_eq!(
+        invalid_field(
+            tx.staff_users()
+                .create(staff("not-an-email", StaffRole::Staff))
+                .await
+        ),
+        "email"
+    );
     let mut nameless = staff("x@example.com", StaffRole::Staff);
     nameless.full_name = String::new();
-    assert_eq!(invalid_field(tx.staff_users().create(nameless).await), "full_name");
+    assert_eq!(
+        invalid_field(tx.staff_users().create(nameless).await),
+        "full_name"
+    );
     let mut hashless = staff("x@example.com", StaffRole::Staff);
     hashless.pwd_hash = String::new();
-    assert_eq!(invalid_field(tx.staff_users().create(hashless).await), "pwd_hash");
-    assert_eq!(invalid_field(tx.staff_users().list(Page::first(0)).await), "limit");
+    assert_eq!(
+        invalid_field(tx.staff_users().create(hashless).await),
+        "pwd_hash"
+    );
+    assert_eq!(
+        invalid_field(tx.staff_users().list(Page::first(0)).await),
+        "limit"
+    );
     tx.commit().await.unwrap();
 
     let mut tx = store.tenant(a).await.unwrap();
-    let duplicate = tx.staff_users().create(staff("ADA@example.com", StaffRole::Staff)).await;
-    assert!(matches!(duplicate, Err(Error::Conflict { ref constraint }) if constraint == "staff_users_tenant_email_key"));
+    let duplicate = tx
+        .staff_users()
+        .create(staff("ADA@example.com", StaffRole::Staff))
+        .await;
+    assert!(
+        matches!(duplicate, Err(Error::Conflict { ref constraint }) if constraint == "staff_users_tenant_email_key")
+    );
     drop(tx);
 
     // Another tenant may use the same email and cannot see A's staff.
     let mut tx = store.tenant(b).await.unwrap();
-    tx.staff_users().create(staff("ada@example.com", StaffRole::Owner)).await.unwrap();
-    assert!(matches!(tx.staff_users().get(ada.id).await, Err(Error::NotFound)));
-    assert!(matches!(tx.staff_users().update_role(ada.id, StaffRole::Viewer).await, Err(Error::NotFound)));
+    tx.staff_users()
+        .create(staff("ada@example.com", StaffRole::Owner))
+        .await
+        .unwrap();
+    assert!(matches!(
+        tx.staff_users().get(ada.id).await,
+        Err(Error::NotFound)
+    ));
+    assert!(matches!(
+        tx.staff_users()
+            .update_role(ada.id, StaffRole::Viewer)
+            .await,
+        Err(Error::NotFound)
+    ));
     tx.commit().await.unwrap();
 }
 
@@ -128,33 +230,77 @@ async fn customers_create_get_find_and_update_status() {
         .unwrap();
     assert_eq!(ada.status, CustomerStatus::Active);
     assert_eq!(tx.customers().get(ada.id).await.unwrap(), ada);
-    assert_eq!(tx.customers().find_by_phone("+263771234567").await.unwrap(), Some(ada.clone()));
-    assert_eq!(tx.customers().find_by_phone("+263771234568").await.unwrap(), None);
-    let blocked = tx.customers().update_status(ada.id, CustomerStatus::Blocked).await.unwrap();
+    assert_eq!(
+        tx.customers().find_by_phone("+263771234567").await.unwrap(),
+        Some(ada.clone())
+    );
+    assert_eq!(
+        tx.customers().find_by_phone("+263771234568").await.unwrap(),
+        None
+    );
+    let blocked = tx
+        .customers()
+        .update_status(ada.id, CustomerStatus::Blocked)
+        .await
+        .unwrap();
     assert_eq!(blocked.status, CustomerStatus::Blocked);
-    assert!(matches!(tx.customers().get(CustomerId::new()).await, Err(Error::NotFound)));
     assert!(matches!(
-        tx.customers().update_status(CustomerId::new(), CustomerStatus::Active).await,
+        tx.customers().get(CustomerId::new()).await,
         Err(Error::NotFound)
     ));
-    assert_eq!(invalid_field(tx.customers().create(NewCustomer::new("0771234567")).await), "phone_e164");
+    assert!(matches!(
+        tx.customers()
+            .update_status(CustomerId::new(), CustomerStatus::Active)
+            .await,
+        Err(Error::NotFound)
+    ));
     assert_eq!(
-        invalid_field(tx.customers().create(NewCustomer::new("+263771234569").attributes(json!([1]))).await),
+        invalid_field(tx.customers().create(NewCustomer::new("0771234567")).await),
+        "phone_e164"
+    );
+    assert_eq!(
+        invalid_field(
+            tx.customers()
+                .create(NewCustomer::new("+263771234569").attributes(json!([1])))
+                .await
+        ),
         "attributes"
     );
-    assert_eq!(invalid_field(tx.customers().find_by_phone("not a phone").await), "phone_e164");
+    assert_eq!(
+        invalid_field(tx.customers().find_by_phone("not a phone").await),
+        "phone_e164"
+    );
     tx.commit().await.unwrap();
 
     let mut tx = store.tenant(a).await.unwrap();
-    let duplicate = tx.customers().create(NewCustomer::new("+263771234567")).await;
-    assert!(matches!(duplicate, Err(Error::Conflict { ref constraint }) if constraint == "customers_tenant_phone_key"));
+    let duplicate = tx
+        .customers()
+        .create(NewCustomer::new("+263771234567"))
+        .await;
+    assert!(
+        matches!(duplicate, Err(Error::Conflict { ref constraint }) if constraint == "customers_tenant_phone_key")
+    );
     drop(tx);
 
     let mut tx = store.tenant(b).await.unwrap();
-    assert!(matches!(tx.customers().get(ada.id).await, Err(Error::NotFound)));
-    assert_eq!(tx.customers().find_by_phone("+263771234567").await.unwrap(), None);
-    assert!(matches!(tx.customers().update_status(ada.id, CustomerStatus::Erased).await, Err(Error::NotFound)));
-    tx.customers().create(NewCustomer::new("+263771234567")).await.unwrap();
+    assert!(matches!(
+        tx.customers().get(ada.id).await,
+        Err(Error::NotFound)
+    ));
+    assert_eq!(
+        tx.customers().find_by_phone("+263771234567").await.unwrap(),
+        None
+    );
+    assert!(matches!(
+        tx.customers()
+            .update_status(ada.id, CustomerStatus::Erased)
+            .await,
+        Err(Error::NotFound)
+    ));
+    tx.customers()
+        .create(NewCustomer::new("+263771234567"))
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
 }
 
@@ -164,7 +310,11 @@ async fn consents_keep_history_and_the_latest_wins() {
     let store = db.store();
     let (a, b) = two_tenants(store).await;
     let mut tx = store.tenant(a).await.unwrap();
-    let ada = tx.customers().create(NewCustomer::new("+263771234567")).await.unwrap();
+    let ada = tx
+        .customers()
+        .create(NewCustomer::new("+263771234567"))
+        .await
+        .unwrap();
     let now = Utc::now();
     let consent = |granted, minutes_ago, channel| NewConsent {
         customer_id: ada.id,
@@ -174,33 +324,81 @@ async fn consents_keep_history_and_the_latest_wins() {
         occurred_at: now - Duration::minutes(minutes_ago),
         source: Some("whatsapp-optin".into()),
     };
-    let granted = tx.consents().record(consent(true, 30, Channel::Whatsapp)).await.unwrap();
-    let withdrawn = tx.consents().record(consent(false, 10, Channel::Whatsapp)).await.unwrap();
+    let granted = tx
+        .consents()
+        .record(consent(true, 30, Channel::Whatsapp))
+        .await
+        .unwrap();
+    let withdrawn = tx
+        .consents()
+        .record(consent(false, 10, Channel::Whatsapp))
+        .await
+        .unwrap();
     // Recorded late, but it happened first: it must not become the latest.
-    let late = tx.consents().record(consent(true, 60, Channel::Whatsapp)).await.unwrap();
-    let sms = tx.consents().record(consent(true, 5, Channel::Sms)).await.unwrap();
+    let late = tx
+        .consents()
+        .record(consent(true, 60, Channel::Whatsapp))
+        .await
+        .unwrap();
+    let sms = tx
+        .consents()
+        .record(consent(true, 5, Channel::Sms))
+        .await
+        .unwrap();
 
-    let latest = tx.consents().latest(ada.id, Channel::Whatsapp, Purpose::Marketing).await.unwrap();
+    let latest = tx
+        .consents()
+        .latest(ada.id, Channel::Whatsapp, Purpose::Marketing)
+        .await
+        .unwrap();
     assert_eq!(latest.map(|c| c.id), Some(withdrawn.id));
-    assert_eq!(tx.consents().latest(ada.id, Channel::Email, Purpose::Marketing).await.unwrap(), None);
-    let history: Vec<_> = tx.consents().history(ada.id).await.unwrap().into_iter().map(|c| c.id).collect();
+    assert_eq!(
+        tx.consents()
+            .latest(ada.id, Channel::Email, Purpose::Marketing)
+            .await
+            .unwrap(),
+        None
+    );
+    let history: Vec<_> = tx
+        .consents()
+        .history(ada.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     assert_eq!(history, [sms.id, withdrawn.id, granted.id, late.id]);
 
     let mut bad_source = consent(true, 1, Channel::Email);
     bad_source.source = Some("x".repeat(101));
-    assert_eq!(invalid_field(tx.consents().record(bad_source).await), "source");
+    assert_eq!(
+        invalid_field(tx.consents().record(bad_source).await),
+        "source"
+    );
     tx.commit().await.unwrap();
 
     let mut tx = store.tenant(a).await.unwrap();
     let mut unknown_customer = consent(true, 1, Channel::Email);
     unknown_customer.customer_id = CustomerId::new();
-    assert!(matches!(tx.consents().record(unknown_customer).await, Err(Error::MissingReference { .. })));
+    assert!(matches!(
+        tx.consents().record(unknown_customer).await,
+        Err(Error::MissingReference { .. })
+    ));
     drop(tx);
 
     let mut tx = store.tenant(b).await.unwrap();
     assert!(tx.consents().history(ada.id).await.unwrap().is_empty());
-    assert_eq!(tx.consents().latest(ada.id, Channel::Whatsapp, Purpose::Marketing).await.unwrap(), None);
+    assert_eq!(
+        tx.consents()
+            .latest(ada.id, Channel::Whatsapp, Purpose::Marketing)
+            .await
+            .unwrap(),
+        None
+    );
     // B cannot record consent for A's customer: the composite key refuses it.
     let cross = tx.consents().record(consent(true, 1, Channel::Sms)).await;
-    assert!(matches!(cross, Err(Error::MissingReference { .. })), "{cross:?}");
+    assert!(
+        matches!(cross, Err(Error::MissingReference { .. })),
+        "{cross:?}"
+    );
 }

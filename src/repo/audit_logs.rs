@@ -148,7 +148,9 @@ impl AuditLogRepository for AuditLogs<'_> {
             query = query.filter(
                 audit_logs::created_at
                     .lt(after.at)
-                    .or(audit_logs::created_at.eq(after.at).and(audit_logs::id.lt(after.id))),
+                    .or(audit_logs::created_at
+                        .eq(after.at)
+                        .and(audit_logs::id.lt(after.id))),
             );
         }
         Ok(query.load(self.0.conn()).await?)

@@ -130,10 +130,12 @@ impl CustomerRepository for Customers<'_> {
     }
 
     async fn update_status(&mut self, id: CustomerId, status: CustomerStatus) -> Result<Customer> {
-        Ok(diesel::update(customers::table.filter(customers::id.eq(id)))
-            .set(customers::status.eq(status))
-            .returning(Customer::as_returning())
-            .get_result(self.0.conn())
-            .await?)
+        Ok(
+            diesel::update(customers::table.filter(customers::id.eq(id)))
+                .set(customers::status.eq(status))
+                .returning(Customer::as_returning())
+                .get_result(self.0.conn())
+                .await?,
+        )
     }
 }

@@ -57,8 +57,10 @@ pub trait EventRepository {
     /// Stores an event once per idempotency key, also under concurrent delivery.
     fn ingest(&mut self, new: NewEvent) -> impl Future<Output = Result<Ingested>> + Send;
     /// Events, newest first by `occurred_at`, one keyset page at a time.
-    fn list(&mut self, page: KeysetPage<EventId>)
-    -> impl Future<Output = Result<Vec<Event>>> + Send;
+    fn list(
+        &mut self,
+        page: KeysetPage<EventId>,
+    ) -> impl Future<Output = Result<Vec<Event>>> + Send;
     /// One customer's events, newest first.
     fn list_for_customer(
         &mut self,
@@ -95,9 +97,9 @@ impl Events<'_> {
         }
         if let Some(after) = page.after {
             query = query.filter(
-                events::occurred_at
-                    .lt(after.at)
-                    .or(events::occurred_at.eq(after.at).and(events::id.lt(after.id))),
+                events::occurred_at.lt(after.at).or(events::occurred_at
+                    .eq(after.at)
+                    .and(events::id.lt(after.id))),
             );
         }
         Ok(query.load(self.0.conn()).await?)
@@ -132,14 +134,20 @@ impl EventRepository for Events<'_> {
             .await
             .optional()?;
         if let Some(event) = inserted {
-            return Ok(Ingested { event, created: true });
+            return Ok(Ingested {
+                event,
+                created: true,
+            });
         }
         let event = events::table
             .filter(events::idempotency_key.eq(key))
             .select(Event::as_select())
             .get_result(self.0.conn())
             .await?;
-        Ok(Ingested { event, created: false })
+        Ok(Ingested {
+            event,
+            created: false,
+        })
     }
 
     async fn list(&mut self, page: KeysetPage<EventId>) -> Result<Vec<Event>> {

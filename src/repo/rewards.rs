@@ -131,10 +131,12 @@ impl RewardRepository for Rewards<'_> {
     }
 
     async fn set_status(&mut self, id: RewardId, status: RewardStatus) -> Result<Reward> {
-        Ok(diesel::update(reward_catalog::table.filter(reward_catalog::id.eq(id)))
-            .set(reward_catalog::status.eq(status))
-            .returning(Reward::as_returning())
-            .get_result(self.0.conn())
-            .await?)
+        Ok(
+            diesel::update(reward_catalog::table.filter(reward_catalog::id.eq(id)))
+                .set(reward_catalog::status.eq(status))
+                .returning(Reward::as_returning())
+                .get_result(self.0.conn())
+                .await?,
+        )
     }
 }

@@ -85,11 +85,8 @@ pub trait RuleRepository {
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<Rule>>> + Send;
     /// Activates or deactivates a rule, audited as `rule.activated` or `rule.deactivated`.
-    fn set_active(
-        &mut self,
-        id: RuleId,
-        active: bool,
-    ) -> impl Future<Output = Result<Rule>> + Send;
+    fn set_active(&mut self, id: RuleId, active: bool)
+    -> impl Future<Output = Result<Rule>> + Send;
     /// `GetRuleIssuanceCount`: issuances made by this rule since `since`.
     fn issuance_count(
         &mut self,
@@ -175,7 +172,11 @@ impl RuleRepository for Rules<'_> {
             .returning(Rule::as_returning())
             .get_result(self.0.conn())
             .await?;
-        let action = if active { "rule.activated" } else { "rule.deactivated" };
+        let action = if active {
+            "rule.activated"
+        } else {
+            "rule.deactivated"
+        };
         audit_logs::record(self.0, action, "rule", id.0, json!({ "active": active })).await?;
         Ok(updated)
     }
@@ -190,7 +191,11 @@ impl RuleRepository for Rules<'_> {
             .await?)
     }
 
-    async fn customer_issuance_count(&mut self, id: RuleId, customer_id: CustomerId) -> Result<i64> {
+    async fn customer_issuance_count(
+        &mut self,
+        id: RuleId,
+        customer_id: CustomerId,
+    ) -> Result<i64> {
         Ok(issuances::table
             .filter(issuances::rule_id.eq(id))
             .filter(issuances::customer_id.eq(customer_id))

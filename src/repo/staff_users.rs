@@ -174,8 +174,14 @@ impl StaffUserRepository for StaffUsers<'_> {
             .returning(StaffUser::as_returning())
             .get_result(self.0.conn())
             .await?;
-        audit_logs::record(self.0, "staff.role_changed", "staff_user", id.0, json!({ "role": role }))
-            .await?;
+        audit_logs::record(
+            self.0,
+            "staff.role_changed",
+            "staff_user",
+            id.0,
+            json!({ "role": role }),
+        )
+        .await?;
         Ok(updated)
     }
 }

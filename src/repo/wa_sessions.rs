@@ -107,13 +107,15 @@ impl WaSessionRepository for WaSessions<'_> {
 
     async fn update_state(&mut self, wa_id: &str, state: &str) -> Result<WaSession> {
         validate_state(state)?;
-        Ok(diesel::update(wa_sessions::table.filter(wa_sessions::wa_id.eq(wa_id)))
-            .set((
-                wa_sessions::state.eq(state),
-                wa_sessions::last_msg_at.eq(diesel::dsl::now),
-            ))
-            .returning(WaSession::as_returning())
-            .get_result(self.0.conn())
-            .await?)
+        Ok(
+            diesel::update(wa_sessions::table.filter(wa_sessions::wa_id.eq(wa_id)))
+                .set((
+                    wa_sessions::state.eq(state),
+                    wa_sessions::last_msg_at.eq(diesel::dsl::now),
+                ))
+                .returning(WaSession::as_returning())
+                .get_result(self.0.conn())
+                .await?,
+        )
     }
 }

@@ -1,0 +1,192 @@
+//! Operational read-outs: [`Store::health`] for liveness probes and
+//! [`Store::diagnostics`] for capacity and query-performance dashboards.
+//!
+//! Both run as the login role outside any tenant context and read only server
+//! settings and the catalog and statistics views, never tenant rows.
+
+use std::time::{Duration, Instant};
+
+use diesel::dsl::sql;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Double, Text};
+use diesel_async::RunQueryDsl;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::store::{PoolStatus, Store};
+
+/// What [`Store::health`] found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Health {
+    /// Pool occupancy after the probe.
+    pub pool: PoolStatus,
+    pub database_reachable: bool,
+    /// Time for the probe query, once a connection was checked out.
+    pub round_trip: Option<Duration>,
+    pub server_version: Option<String>,
+    /// Why the database was unreachable.
+    pub error: Option<String>,
+}
+
+/// What [`Store::diagnostics`] found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Diagnostics {
+    /// The current schema's tables, largest first.
+    pub tables: Vec<TableSize>,
+    /// Their indexes, largest first.
+    pub indexes: Vec<IndexUsage>,
+    /// The ten statements with the highest mean execution time in this
+    /// database, or `None` when `pg_stat_statements` is not installed here.
+    pub slow_statements: Option<Vec<SlowStatement>>,
+}
+
+/// Disk use of one table.
+#[derive(Debug, Clone, Serialize, QueryableByName)]
+pub struct TableSize {
+    #[diesel(sql_type = Text)]
+    pub table: String,
+    /// Heap, TOAST and indexes together.
+    #[diesel(sql_type = BigInt)]
+    pub total_bytes: i64,
+    /// Heap and TOAST.
+    #[diesel(sql_type = BigInt)]
+    pub table_bytes: i64,
+    #[diesel(sql_type = BigInt)]
+    pub index_bytes: i64,
+    /// The planner's estimate, or the statistics collector's live-row count
+    /// for a table that has never been analyzed.
+    #[diesel(sql_type = BigInt)]
+    pub estimated_rows: i64,
+}
+
+/// Size and use of one index; an index that is never scanned only costs writes.
+#[derive(Debug, Clone, Serialize, QueryableByName)]
+pub struct IndexUsage {
+    #[diesel(sql_type = Text)]
+    pub table: String,
+    #[diesel(sql_type = Text)]
+    pub index: String,
+    /// Index scans since the statistics were last reset.
+    #[diesel(sql_type = BigInt)]
+    pub scans: i64,
+    #[diesel(sql_type = BigInt)]
+    pub bytes: i64,
+}
+
+/// One normalized statement from `pg_stat_statements`.
+#[derive(Debug, Clone, Serialize, QueryableByName)]
+pub struct SlowStatement {
+    #[diesel(sql_type = Text)]
+    pub query: String,
+    #[diesel(sql_type = BigInt)]
+    pub calls: i64,
+    #[diesel(sql_type = Double)]
+    pub mean_ms: f64,
+    #[diesel(sql_type = Double)]
+    pub total_ms: f64,
+}
+
+// reltuples is -1 until a table is first analyzed (PostgreSQL 14+).
+const TABLES: &str = "\
+SELECT c.relname::text AS \"table\",
+       pg_total_relation_size(c.oid) AS total_bytes,
+       pg_table_size(c.oid) AS table_bytes,
+       pg_indexes_size(c.oid) AS index_bytes,
+       CASE WHEN c.reltuples >= 0 THEN c.reltuples::int8
+            ELSE COALESCE(s.n_live_tup, 0) END AS estimated_rows
+FROM pg_class c
+LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())
+  AND c.relkind = 'r'
+ORDER BY total_bytes DESC, c.relname";
+
+const INDEXES: &str = "\
+SELECT s.relname::text AS \"table\",
+       s.indexrelname::text AS \"index\",
+       COALESCE(s.idx_scan, 0) AS scans,
+       pg_relation_size(s.indexrelid) AS bytes
+FROM pg_stat_user_indexes s
+WHERE s.schemaname = current_schema()
+ORDER BY bytes DESC, s.relname, s.indexrelname";
+
+#[derive(QueryableByName)]
+struct ExtensionSchema {
+    #[diesel(sql_type = Text)]
+    schema: String,
+}
+
+// The view lives in whatever schema the extension was created in, which need
+// not be on the search path. Reading it fails unless the server preloaded the
+// library, so an extension created without that counts as absent.
+const STATEMENTS_SCHEMA: &str = "\
+SELECT quote_ident(n.nspname) AS schema
+FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+WHERE e.extname = 'pg_stat_statements'
+  AND 'pg_stat_statements' = ANY (string_to_array(
+        replace(current_setting('shared_preload_libraries'), ' ', ''), ','))";
+
+fn slow_statements_query(schema: &str) -> String {
+    format!(
+        "SELECT COALESCE(query, '') AS query, calls, \
+                mean_exec_time AS mean_ms, total_exec_time AS total_ms \
+         FROM {schema}.pg_stat_statements \
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         ORDER BY mean_exec_time DESC \
+         LIMIT 10"
+    )
+}
+
+impl Store {
+    /// Checks out a connection and asks the server for its version.
+    ///
+    /// Never fails: an unreachable database, or a pool with no free
+    /// connection within the checkout timeout, is reported in the result, so
+    /// a probe endpoint can serialize it as is.
+    pub async fn health(&self) -> Health {
+        let probe = async {
+            let mut conn = self.pool().get().await?;
+            let started = Instant::now();
+            let version: String = diesel::select(sql::<Text>("current_setting('server_version')"))
+                .get_result(&mut *conn)
+                .await?;
+            Ok::<_, Error>((version, started.elapsed()))
+        };
+        let (round_trip, server_version, error) = match probe.await {
+            Ok((version, elapsed)) => (Some(elapsed), Some(version), None),
+            Err(e) => (None, None, Some(e.to_string())),
+        };
+        Health {
+            pool: self.pool_status(),
+            database_reachable: error.is_none(),
+            round_trip,
+            server_version,
+            error,
+        }
+    }
+
+    /// Table and index sizes of the current schema, and the slowest
+    /// statements when `pg_stat_statements` is installed in this database and
+    /// loaded through `shared_preload_libraries`.
+    pub async fn diagnostics(&self) -> Result<Diagnostics> {
+        let mut conn = self.pool().get().await?;
+        let tables = diesel::sql_query(TABLES).load(&mut *conn).await?;
+        let indexes = diesel::sql_query(INDEXES).load(&mut *conn).await?;
+        let schema = diesel::sql_query(STATEMENTS_SCHEMA)
+            .get_result::<ExtensionSchema>(&mut *conn)
+            .await
+            .optional()?;
+        let slow_statements = match schema {
+            Some(ExtensionSchema { schema }) => Some(
+                diesel::sql_query(slow_statements_query(&schema))
+                    .load(&mut *conn)
+                    .await?,
+            ),
+            None => None,
+        };
+        Ok(Diagnostics {
+            tables,
+            indexes,
+            slow_statements,
+        })
+    }
+}
