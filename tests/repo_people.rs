@@ -402,3 +402,81 @@ async fn consents_keep_history_and_the_latest_wins() {
         "{cross:?}"
     );
 }
+
+/// A service's unit tests can swap the database for a fake of the trait.
+mod fake {
+    use super::*;
+    use loyalty_store::repo::customers::Customer;
+    use std::collections::HashMap;
+
+    #[derive(Default)]
+    struct FakeCustomers(HashMap<CustomerId, Customer>);
+
+    impl CustomerRepository for FakeCustomers {
+        async fn create(&mut self, new: NewCustomer) -> Result<Customer> {
+            let customer = Customer {
+                tenant_id: TenantId::new(),
+                id: CustomerId::new(),
+                phone_e164: new.phone_e164,
+                status: CustomerStatus::Active,
+                attributes: new.attributes,
+                created_at: Utc::now(),
+                updated_at: Utc::now(),
+            };
+            self.0.insert(customer.id, customer.clone());
+            Ok(customer)
+        }
+        async fn get(&mut self, id: CustomerId) -> Result<Customer> {
+            self.0.get(&id).cloned().ok_or(Error::NotFound)
+        }
+        async fn find_by_phone(&mut self, phone: &str) -> Result<Option<Customer>> {
+            Ok(self.0.values().find(|c| c.phone_e164 == phone).cloned())
+        }
+        async fn update_status(
+            &mut self,
+            id: CustomerId,
+            status: CustomerStatus,
+        ) -> Result<Customer> {
+            let customer = self.0.get_mut(&id).ok_or(Error::NotFound)?;
+            customer.status = status;
+            Ok(customer.clone())
+        }
+    }
+
+    /// Service code written against the trait, not the guard.
+    async fn block_by_phone(repo: &mut impl CustomerRepository, phone: &str) -> Result<bool> {
+        match repo.find_by_phone(phone).await? {
+            Some(customer) => Ok(repo
+                .update_status(customer.id, CustomerStatus::Blocked)
+                .await?
+                .status
+                == CustomerStatus::Blocked),
+            None => Ok(false),
+        }
+    }
+
+    #[tokio::test]
+    async fn service_code_runs_on_a_fake_and_on_the_database_alike() {
+        let mut fake = FakeCustomers::default();
+        fake.create(NewCustomer::new("+15550000001")).await.unwrap();
+        assert!(block_by_phone(&mut fake, "+15550000001").await.unwrap());
+
+        let db = TestDb::new().await;
+        let (a, _) = two_tenants(db.store()).await;
+        let mut tx = db.store().tenant(a).await.unwrap();
+        tx.customers()
+            .create(NewCustomer::new("+15550000001"))
+            .await
+            .unwrap();
+        assert!(
+            block_by_phone(&mut tx.customers(), "+15550000001")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !block_by_phone(&mut tx.customers(), "+15550000002")
+                .await
+                .unwrap()
+        );
+    }
+}
