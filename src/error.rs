@@ -45,6 +45,25 @@ pub enum Error {
     /// The tenant exists but is not active.
     #[error("tenant {0} is suspended")]
     TenantSuspended(TenantId),
+    /// The budget cannot cover the amount without crossing its hard cap.
+    #[error("budget exhausted")]
+    BudgetExhausted,
+    /// The reward's voucher-code pool has no available code left.
+    #[error("no voucher codes available")]
+    NoCodesAvailable,
+    /// A rule's per-customer or global issuance limit is used up.
+    #[error("{scope} limit reached")]
+    LimitReached { scope: LimitScope },
+    /// The campaign is not active, or now is outside its window.
+    #[error("campaign is not running")]
+    CampaignNotRunning,
+    /// The rule is switched off.
+    #[error("rule is inactive")]
+    RuleInactive,
+    /// The row is in a state that does not allow this, for example
+    /// redeeming a cancelled issuance.
+    #[error("invalid state: {reason}")]
+    InvalidState { reason: String },
     /// A statement failed earlier in this guard's transaction, so PostgreSQL
     /// has already discarded its work; the guard rolled back instead of
     /// reporting a commit that did not happen.
@@ -68,6 +87,25 @@ pub enum Error {
     /// Any other database error, kept whole for logging.
     #[error(transparent)]
     Database(DieselError),
+}
+
+/// Which limit of a rule was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    /// Issuances of the rule to one customer.
+    Customer,
+    /// Issuances of the rule to anyone.
+    Global,
+}
+
+impl std::fmt::Display for LimitScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LimitScope::Customer => "per-customer",
+            LimitScope::Global => "global",
+        })
+    }
 }
 
 /// Shorthand used throughout the crate.
@@ -97,6 +135,29 @@ impl Error {
         }
         Error::from(err)
     }
+}
+
+/// The crate's SQL functions refuse work with `loyalty_*` constraint names
+/// (see `loyalty_refuse()` in the migrations).
+fn refusal(info: &(dyn DatabaseErrorInformation + Send + Sync)) -> Option<Error> {
+    Some(match info.constraint_name()?.strip_prefix("loyalty_")? {
+        "not_found" => Error::NotFound,
+        "budget_exhausted" => Error::BudgetExhausted,
+        "no_codes_available" => Error::NoCodesAvailable,
+        "customer_limit_reached" => Error::LimitReached {
+            scope: LimitScope::Customer,
+        },
+        "global_limit_reached" => Error::LimitReached {
+            scope: LimitScope::Global,
+        },
+        "campaign_not_running" => Error::CampaignNotRunning,
+        "rule_inactive" => Error::RuleInactive,
+        "invalid_state" => Error::InvalidState {
+            reason: info.message().to_owned(),
+        },
+        "invalid_amount" => Error::invalid("amount", info.message()),
+        _ => return None,
+    })
 }
 
 fn constraint_of(info: &(dyn DatabaseErrorInformation + Send + Sync)) -> String {
@@ -129,16 +190,16 @@ impl From<DieselError> for Error {
                 DatabaseErrorKind::SerializationFailure => Error::Retryable {
                     message: info.message().to_owned(),
                 },
-                DatabaseErrorKind::Unknown if info.message().starts_with("deadlock detected") => {
-                    Error::Retryable {
+                DatabaseErrorKind::Unknown => match refusal(info.as_ref()) {
+                    Some(domain) => domain,
+                    None if info.message().starts_with("deadlock detected") => Error::Retryable {
                         message: info.message().to_owned(),
-                    }
-                }
-                DatabaseErrorKind::Unknown if is_permission_denied(info.message()) => {
-                    Error::PermissionDenied {
+                    },
+                    None if is_permission_denied(info.message()) => Error::PermissionDenied {
                         message: info.message().to_owned(),
-                    }
-                }
+                    },
+                    None => Error::Database(DieselError::DatabaseError(kind, info)),
+                },
                 other => Error::Database(DieselError::DatabaseError(other, info)),
             },
             other => Error::Database(other),

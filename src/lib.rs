@@ -18,7 +18,7 @@ mod text_enum;
 mod validate;
 
 pub use config::{Config, Recycling};
-pub use error::{Error, Result};
+pub use error::{Error, LimitScope, Result};
 pub use ids::*;
 pub use migrate::MIGRATIONS;
 pub use money::{Currency, ISO_4217};

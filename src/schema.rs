@@ -102,6 +102,7 @@ diesel::table! {
         redeemed_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        budget_id -> Uuid,
     }
 }
 
@@ -150,6 +151,7 @@ diesel::table! {
         active -> Bool,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        issued_count -> Int4,
     }
 }
 

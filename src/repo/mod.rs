@@ -8,12 +8,15 @@
 
 pub mod analytics;
 pub mod audit_logs;
+pub mod budgets;
 pub mod campaigns;
 pub mod consents;
 pub mod customers;
 pub mod events;
+pub mod issuances;
 pub mod rewards;
 pub mod rules;
 pub mod staff_users;
 pub mod tenants;
+pub mod voucher_codes;
 pub mod wa_sessions;

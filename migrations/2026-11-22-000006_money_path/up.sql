@@ -1,0 +1,543 @@
+-- The money path: budget movements, reward issuance, redemption, cancellation
+-- and expiry as SQL functions, each one statement from the client's side.
+-- They run as the caller (loyalty_app inside a tenant guard), so RLS applies
+-- to every row they touch, and they raise errors carrying `loyalty_*`
+-- constraint names that the Rust side maps to typed errors.
+
+-- An issuance draws on the campaign's budget at the time of issue; keeping
+-- the budget on the row makes release and commit hit that same budget.
+ALTER TABLE issuances ADD COLUMN budget_id uuid NOT NULL;
+ALTER TABLE issuances ADD CONSTRAINT issuances_tenant_id_budget_id_fkey
+    FOREIGN KEY (tenant_id, budget_id) REFERENCES budgets (tenant_id, id);
+CREATE INDEX issuances_budget_idx ON issuances (tenant_id, budget_id);
+
+-- Non-cancelled issuances per rule, kept by the functions below, so a global
+-- limit is one conditional UPDATE instead of a count.
+ALTER TABLE rules ADD COLUMN issued_count integer NOT NULL DEFAULT 0
+    CONSTRAINT rules_issued_count_check CHECK (issued_count >= 0);
+-- Counting issuances is not an edit of the rule.
+DROP TRIGGER rules_set_timestamps ON rules;
+CREATE TRIGGER rules_set_timestamps
+    BEFORE UPDATE OF campaign_id, name, event_type, conditions, reward_id,
+                     per_customer_limit, global_limit, active
+    ON rules FOR EACH ROW EXECUTE FUNCTION set_timestamps();
+
+CREATE INDEX voucher_codes_issuance_idx ON voucher_codes (tenant_id, issuance_id)
+    WHERE issuance_id IS NOT NULL;
+
+-- A reservation ends once: released or committed, never both.
+CREATE UNIQUE INDEX ledger_entries_settled_once ON ledger_entries (tenant_id, ref_type, ref_id)
+    WHERE entry_type IN ('release', 'commit');
+
+CREATE FUNCTION loyalty_refuse(reason text, message text) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    RAISE EXCEPTION '%', message USING ERRCODE = 'P0001', CONSTRAINT = 'loyalty_' || reason;
+END
+$$;
+
+-- One budget movement with its ledger entry. The row lock comes first, so
+-- the checks that follow see every earlier movement of this budget.
+-- Outcomes: applied, replayed (same entry_type/ref seen before: no effect),
+-- missing, exhausted, not_reserved, already_settled.
+CREATE FUNCTION move_budget(
+    p_budget_id uuid,
+    p_entry_type text,
+    p_amount numeric,
+    p_ref_type text,
+    p_ref_id uuid
+) RETURNS TABLE (outcome text, hard_cap numeric, reserved numeric, spent numeric)
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    t uuid := current_tenant_id();
+    b budgets%ROWTYPE;
+BEGIN
+    IF p_amount IS NULL OR p_amount <= 0 THEN
+        PERFORM loyalty_refuse('invalid_amount', 'amount must be positive');
+    END IF;
+    SELECT * INTO b FROM budgets WHERE tenant_id = t AND id = p_budget_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'missing', NULL::numeric, NULL::numeric, NULL::numeric;
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM ledger_entries
+                WHERE tenant_id = t AND entry_type = p_entry_type
+                  AND ref_type = p_ref_type AND ref_id = p_ref_id) THEN
+        RETURN QUERY SELECT 'replayed', b.hard_cap, b.reserved, b.spent;
+        RETURN;
+    END IF;
+    IF p_entry_type IN ('release', 'commit') THEN
+        IF NOT EXISTS (SELECT 1 FROM ledger_entries
+                        WHERE tenant_id = t AND budget_id = p_budget_id AND entry_type = 'reserve'
+                          AND ref_type = p_ref_type AND ref_id = p_ref_id AND amount = p_amount) THEN
+            RETURN QUERY SELECT 'not_reserved', b.hard_cap, b.reserved, b.spent;
+            RETURN;
+        END IF;
+        IF EXISTS (SELECT 1 FROM ledger_entries
+                    WHERE tenant_id = t AND entry_type IN ('release', 'commit')
+                      AND ref_type = p_ref_type AND ref_id = p_ref_id) THEN
+            RETURN QUERY SELECT 'already_settled', b.hard_cap, b.reserved, b.spent;
+            RETURN;
+        END IF;
+    ELSIF p_entry_type = 'reserve' AND b.reserved + b.spent + p_amount > b.hard_cap THEN
+        RETURN QUERY SELECT 'exhausted', b.hard_cap, b.reserved, b.spent;
+        RETURN;
+    END IF;
+    UPDATE budgets SET
+        reserved = reserved + CASE p_entry_type WHEN 'reserve' THEN p_amount
+                                                WHEN 'topup' THEN 0 ELSE -p_amount END,
+        spent = spent + CASE p_entry_type WHEN 'commit' THEN p_amount ELSE 0 END,
+        hard_cap = hard_cap + CASE p_entry_type WHEN 'topup' THEN p_amount ELSE 0 END
+    WHERE tenant_id = t AND id = p_budget_id
+    RETURNING * INTO b;
+    INSERT INTO ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
+    VALUES (t, p_budget_id, p_entry_type, p_amount, b.currency, p_ref_type, p_ref_id);
+    RETURN QUERY SELECT 'applied', b.hard_cap, b.reserved, b.spent;
+END
+$$;
+
+-- The seed's name and signature, now without its check-then-act race.
+CREATE OR REPLACE FUNCTION reserve_budget(
+    p_tenant_id uuid,
+    p_budget_id uuid,
+    p_amount numeric,
+    p_currency text,
+    p_ref_id uuid
+) RETURNS boolean
+    LANGUAGE sql
+    AS $$
+    SELECT p_tenant_id = current_tenant_id()
+       AND EXISTS (SELECT 1 FROM budgets WHERE id = p_budget_id AND currency = p_currency)
+       AND (SELECT outcome FROM move_budget(p_budget_id, 'reserve', p_amount, 'issuance', p_ref_id))
+           IN ('applied', 'replayed')
+$$;
+
+-- An issuance as JSON (money as a string, so no precision is lost), with its
+-- voucher code and whether this call replayed an earlier one.
+CREATE FUNCTION issuance_json(p_id uuid, p_replayed boolean) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT to_jsonb(i) || jsonb_build_object(
+               'cost_amount', i.cost_amount::text,
+               'voucher_code', v.code,
+               'replayed', p_replayed)
+      FROM issuances i
+      LEFT JOIN voucher_codes v ON v.tenant_id = i.tenant_id AND v.id = i.voucher_code_id
+     WHERE i.tenant_id = current_tenant_id() AND i.id = p_id
+$$;
+
+-- Everything an issuance needs to know about its rule, checked.
+CREATE FUNCTION issuance_context(p_rule_id uuid)
+RETURNS TABLE (campaign_id uuid, reward_id uuid, budget_id uuid, cost_amount numeric,
+               currency text, uses_codes boolean, per_customer_limit integer)
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+    t uuid := current_tenant_id();
+    r record;
+BEGIN
+    SELECT ru.campaign_id, ru.reward_id, ru.active AS rule_active, ru.per_customer_limit,
+           c.status AS campaign_status, c.start_at, c.end_at, c.budget_id,
+           rw.cost_amount, rw.currency, rw.uses_codes, rw.status AS reward_status,
+           b.currency AS budget_currency
+      INTO r
+      FROM rules ru
+      JOIN campaigns c ON c.tenant_id = ru.tenant_id AND c.id = ru.campaign_id
+      JOIN reward_catalog rw ON rw.tenant_id = ru.tenant_id AND rw.id = ru.reward_id
+      LEFT JOIN budgets b ON b.tenant_id = c.tenant_id AND b.id = c.budget_id
+     WHERE ru.tenant_id = t AND ru.id = p_rule_id;
+    IF NOT FOUND THEN
+        PERFORM loyalty_refuse('not_found', format('rule %s not found', p_rule_id));
+    ELSIF NOT r.rule_active THEN
+        PERFORM loyalty_refuse('rule_inactive', format('rule %s is inactive', p_rule_id));
+    ELSIF r.campaign_status <> 'active' OR r.start_at > now() OR r.end_at < now() THEN
+        PERFORM loyalty_refuse('campaign_not_running',
+            format('campaign %s is %s or outside its window', r.campaign_id, r.campaign_status));
+    ELSIF r.reward_status <> 'active' THEN
+        PERFORM loyalty_refuse('invalid_state', format('reward %s is archived', r.reward_id));
+    ELSIF r.budget_id IS NULL THEN
+        PERFORM loyalty_refuse('invalid_state', format('campaign %s has no budget', r.campaign_id));
+    ELSIF r.budget_currency <> r.currency THEN
+        PERFORM loyalty_refuse('invalid_state',
+            format('reward costs %s but the budget is in %s', r.currency, r.budget_currency));
+    END IF;
+    RETURN QUERY SELECT r.campaign_id, r.reward_id, r.budget_id, r.cost_amount, r.currency,
+                        r.uses_codes, r.per_customer_limit;
+END
+$$;
+
+-- The lock that serialises issuances of one rule to one customer, so a
+-- per-customer limit is counted and used atomically.
+CREATE FUNCTION customer_limit_lock(p_rule_id uuid, p_customer_id uuid) RETURNS bigint
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$ SELECT hashtextextended(p_rule_id::text || p_customer_id::text, 0) $$;
+
+-- Issues one reward in one statement. Order matters: reads and the
+-- per-customer lock first, then the voucher code (SKIP LOCKED), the
+-- issuance row, and only then the two hot rows every issuance of the
+-- campaign shares (the rule's counter and the budget), held until commit.
+CREATE FUNCTION issue_reward(
+    p_id uuid,
+    p_rule_id uuid,
+    p_customer_id uuid,
+    p_idempotency_key text,
+    p_expires_at timestamptz
+) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    t uuid := current_tenant_id();
+    r record;
+    prior uuid;
+    code_id uuid;
+    customer_status text;
+BEGIN
+    prior := (SELECT id FROM issuances WHERE tenant_id = t AND idempotency_key = p_idempotency_key);
+    IF prior IS NOT NULL THEN
+        RETURN issuance_json(prior, true);
+    END IF;
+    SELECT * INTO r FROM issuance_context(p_rule_id);
+    customer_status := (SELECT status FROM customers WHERE tenant_id = t AND id = p_customer_id);
+    IF customer_status IS NULL THEN
+        PERFORM loyalty_refuse('not_found', format('customer %s not found', p_customer_id));
+    ELSIF customer_status <> 'active' THEN
+        PERFORM loyalty_refuse('invalid_state', format('customer %s is %s', p_customer_id, customer_status));
+    END IF;
+    IF r.per_customer_limit IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(customer_limit_lock(p_rule_id, p_customer_id));
+        -- A concurrent delivery of this key may have committed while we waited.
+        prior := (SELECT id FROM issuances WHERE tenant_id = t AND idempotency_key = p_idempotency_key);
+        IF prior IS NOT NULL THEN
+            RETURN issuance_json(prior, true);
+        END IF;
+        IF (SELECT count(*) FROM issuances
+             WHERE tenant_id = t AND rule_id = p_rule_id AND customer_id = p_customer_id
+               AND status <> 'cancelled') >= r.per_customer_limit THEN
+            PERFORM loyalty_refuse('customer_limit_reached',
+                format('customer %s reached the limit of rule %s', p_customer_id, p_rule_id));
+        END IF;
+    END IF;
+    IF r.uses_codes THEN
+        UPDATE voucher_codes SET status = 'reserved', issuance_id = p_id
+         WHERE tenant_id = t
+           AND id = (SELECT id FROM voucher_codes
+                      WHERE tenant_id = t AND reward_id = r.reward_id AND status = 'available'
+                      LIMIT 1 FOR UPDATE SKIP LOCKED)
+        RETURNING id INTO code_id;
+        IF code_id IS NULL THEN
+            PERFORM loyalty_refuse('no_codes_available',
+                format('no voucher codes left for reward %s', r.reward_id));
+        END IF;
+    END IF;
+    INSERT INTO issuances (tenant_id, id, campaign_id, rule_id, customer_id, reward_id, budget_id,
+                           voucher_code_id, status, cost_amount, currency, idempotency_key, expires_at)
+    VALUES (t, p_id, r.campaign_id, p_rule_id, p_customer_id, r.reward_id, r.budget_id,
+            code_id, 'issued', r.cost_amount, r.currency, p_idempotency_key, p_expires_at)
+    ON CONFLICT (tenant_id, idempotency_key) DO NOTHING;
+    IF NOT FOUND THEN
+        -- Same key from a concurrent call with another rule or customer: it won.
+        IF code_id IS NOT NULL THEN
+            UPDATE voucher_codes SET status = 'available', issuance_id = NULL
+             WHERE tenant_id = t AND id = code_id;
+        END IF;
+        RETURN issuance_json(
+            (SELECT id FROM issuances WHERE tenant_id = t AND idempotency_key = p_idempotency_key), true);
+    END IF;
+    UPDATE rules SET issued_count = issued_count + 1
+     WHERE tenant_id = t AND id = p_rule_id
+       AND (global_limit IS NULL OR issued_count < global_limit);
+    IF NOT FOUND THEN
+        PERFORM loyalty_refuse('global_limit_reached', format('rule %s reached its global limit', p_rule_id));
+    END IF;
+    UPDATE budgets SET reserved = reserved + r.cost_amount
+     WHERE tenant_id = t AND id = r.budget_id AND reserved + spent + r.cost_amount <= hard_cap;
+    IF NOT FOUND THEN
+        PERFORM loyalty_refuse('budget_exhausted', format('budget %s is exhausted', r.budget_id));
+    END IF;
+    INSERT INTO ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
+    VALUES (t, r.budget_id, 'reserve', r.cost_amount, r.currency, 'issuance', p_id);
+    RETURN issuance_json(p_id, false);
+END
+$$;
+
+-- One reward for many customers, all or nothing, in a handful of set-based
+-- statements. Per-customer refusals (unknown or inactive customer, limit
+-- reached) are reported without writing anything: {"applied": false,
+-- "items": [...]}. Batch-wide ones (codes, global limit, budget) raise.
+CREATE FUNCTION issue_reward_batch(
+    p_rule_id uuid,
+    p_customer_ids uuid[],
+    p_idempotency_keys text[],
+    p_ids uuid[],
+    p_expires_at timestamptz
+) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    t uuid := current_tenant_id();
+    r record;
+    lock_key bigint;
+    items jsonb;
+    refused boolean;
+    wanted integer;
+    claimed integer;
+    inserted integer;
+BEGIN
+    IF cardinality(p_customer_ids) IS DISTINCT FROM cardinality(p_idempotency_keys)
+       OR cardinality(p_customer_ids) IS DISTINCT FROM cardinality(p_ids) THEN
+        PERFORM loyalty_refuse('invalid_amount', 'customer, key and id arrays differ in length');
+    END IF;
+    SELECT * INTO r FROM issuance_context(p_rule_id);
+    IF r.per_customer_limit IS NOT NULL THEN
+        -- Sorted, so two batches never wait on each other in opposite orders.
+        FOR lock_key IN
+            SELECT DISTINCT customer_limit_lock(p_rule_id, c) FROM unnest(p_customer_ids) c ORDER BY 1
+        LOOP
+            PERFORM pg_advisory_xact_lock(lock_key);
+        END LOOP;
+    END IF;
+
+    WITH input AS (
+        SELECT x.customer_id, x.idempotency_key, x.id, x.n
+          FROM unnest(p_customer_ids, p_idempotency_keys, p_ids) WITH ORDINALITY
+               AS x(customer_id, idempotency_key, id, n)
+    ), fresh AS (
+        SELECT input.*, row_number() OVER (PARTITION BY input.customer_id ORDER BY input.n) AS nth
+          FROM input
+         WHERE NOT EXISTS (SELECT 1 FROM issuances i
+                            WHERE i.tenant_id = t AND i.idempotency_key = input.idempotency_key)
+    ), prior AS (
+        SELECT customer_id, count(*) AS issued
+          FROM issuances
+         WHERE tenant_id = t AND rule_id = p_rule_id AND customer_id = ANY (p_customer_ids)
+           AND status <> 'cancelled'
+         GROUP BY customer_id
+    ), judged AS (
+        SELECT input.n, input.customer_id, input.id,
+               CASE
+                   WHEN fresh.id IS NULL THEN 'replayed'
+                   WHEN c.id IS NULL THEN 'customer_not_found'
+                   WHEN c.status <> 'active' THEN 'customer_inactive'
+                   WHEN r.per_customer_limit IS NOT NULL
+                        AND coalesce(prior.issued, 0) + fresh.nth > r.per_customer_limit
+                       THEN 'customer_limit_reached'
+                   ELSE 'issue'
+               END AS verdict
+          FROM input
+          LEFT JOIN fresh ON fresh.n = input.n
+          LEFT JOIN customers c ON c.tenant_id = t AND c.id = input.customer_id
+          LEFT JOIN prior ON prior.customer_id = input.customer_id
+    )
+    SELECT jsonb_agg(jsonb_build_object('n', n, 'customer_id', customer_id, 'verdict', verdict) ORDER BY n),
+           bool_or(verdict NOT IN ('issue', 'replayed')),
+           count(*) FILTER (WHERE verdict = 'issue')
+      INTO items, refused, wanted
+      FROM judged;
+    IF refused OR wanted = 0 THEN
+        RETURN jsonb_build_object('applied', NOT refused, 'items', (
+            SELECT jsonb_agg(item || jsonb_build_object('issuance',
+                       CASE WHEN item->>'verdict' = 'replayed' THEN issuance_json(
+                           (SELECT id FROM issuances WHERE tenant_id = t
+                               AND idempotency_key = p_idempotency_keys[(item->>'n')::int]), true) END))
+              FROM jsonb_array_elements(coalesce(items, '[]')) item));
+    END IF;
+
+    CREATE TEMP TABLE IF NOT EXISTS pg_temp.batch_new (n bigint, customer_id uuid, idempotency_key text,
+                                                       id uuid, code_id uuid) ON COMMIT DROP;
+    TRUNCATE pg_temp.batch_new;
+    INSERT INTO pg_temp.batch_new (n, customer_id, idempotency_key, id)
+    SELECT (item->>'n')::bigint, (item->>'customer_id')::uuid,
+           p_idempotency_keys[(item->>'n')::int], p_ids[(item->>'n')::int]
+      FROM jsonb_array_elements(items) item
+     WHERE item->>'verdict' = 'issue';
+
+    IF r.uses_codes THEN
+        WITH free AS (
+            SELECT id FROM voucher_codes
+             WHERE tenant_id = t AND reward_id = r.reward_id AND status = 'available'
+             LIMIT wanted FOR UPDATE SKIP LOCKED
+        ), numbered_codes AS (
+            SELECT id, row_number() OVER () AS k FROM free
+        ), numbered_items AS (
+            SELECT n, row_number() OVER (ORDER BY n) AS k FROM pg_temp.batch_new
+        )
+        UPDATE pg_temp.batch_new b SET code_id = nc.id
+          FROM numbered_items ni JOIN numbered_codes nc USING (k)
+         WHERE b.n = ni.n;
+        GET DIAGNOSTICS claimed = ROW_COUNT;
+        IF claimed < wanted THEN
+            PERFORM loyalty_refuse('no_codes_available',
+                format('%s voucher codes needed for reward %s, %s free', wanted, r.reward_id, claimed));
+        END IF;
+        UPDATE voucher_codes v SET status = 'reserved', issuance_id = b.id
+          FROM pg_temp.batch_new b
+         WHERE v.tenant_id = t AND v.id = b.code_id;
+    END IF;
+
+    INSERT INTO issuances (tenant_id, id, campaign_id, rule_id, customer_id, reward_id, budget_id,
+                           voucher_code_id, status, cost_amount, currency, idempotency_key, expires_at)
+    SELECT t, b.id, r.campaign_id, p_rule_id, b.customer_id, r.reward_id, r.budget_id,
+           b.code_id, 'issued', r.cost_amount, r.currency, b.idempotency_key, p_expires_at
+      FROM pg_temp.batch_new b
+     ORDER BY b.n
+    ON CONFLICT (tenant_id, idempotency_key) DO NOTHING;
+    GET DIAGNOSTICS inserted = ROW_COUNT;
+    IF inserted < wanted THEN
+        RAISE EXCEPTION 'a concurrent call issued some of these idempotency keys; retry the batch'
+            USING ERRCODE = '40001';
+    END IF;
+
+    UPDATE rules SET issued_count = issued_count + wanted
+     WHERE tenant_id = t AND id = p_rule_id
+       AND (global_limit IS NULL OR issued_count + wanted <= global_limit);
+    IF NOT FOUND THEN
+        PERFORM loyalty_refuse('global_limit_reached',
+            format('rule %s cannot issue %s more within its global limit', p_rule_id, wanted));
+    END IF;
+    UPDATE budgets SET reserved = reserved + r.cost_amount * wanted
+     WHERE tenant_id = t AND id = r.budget_id
+       AND reserved + spent + r.cost_amount * wanted <= hard_cap;
+    IF NOT FOUND THEN
+        PERFORM loyalty_refuse('budget_exhausted',
+            format('budget %s cannot cover %s issuances', r.budget_id, wanted));
+    END IF;
+    INSERT INTO ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
+    SELECT t, r.budget_id, 'reserve', r.cost_amount, r.currency, 'issuance', b.id
+      FROM pg_temp.batch_new b;
+
+    RETURN jsonb_build_object('applied', true, 'items', (
+        SELECT jsonb_agg(item || jsonb_build_object('issuance', issuance_json(
+                   CASE WHEN item->>'verdict' = 'issue' THEN p_ids[(item->>'n')::int]
+                        ELSE (SELECT id FROM issuances WHERE tenant_id = t
+                                 AND idempotency_key = p_idempotency_keys[(item->>'n')::int]) END,
+                   item->>'verdict' = 'replayed')) ORDER BY (item->>'n')::int)
+          FROM jsonb_array_elements(items) item));
+END
+$$;
+
+-- Redeeming moves the issuance's reservation into spent. Redeeming twice is
+-- a replay, not an error.
+CREATE FUNCTION redeem_issuance(p_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    t uuid := current_tenant_id();
+    i issuances%ROWTYPE;
+BEGIN
+    SELECT * INTO i FROM issuances WHERE tenant_id = t AND id = p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM loyalty_refuse('not_found', format('issuance %s not found', p_id));
+    ELSIF i.status = 'redeemed' THEN
+        RETURN issuance_json(p_id, true);
+    ELSIF i.status <> 'issued' THEN
+        PERFORM loyalty_refuse('invalid_state', format('issuance %s is %s', p_id, i.status));
+    ELSIF i.expires_at <= now() THEN
+        PERFORM loyalty_refuse('invalid_state', format('issuance %s expired at %s', p_id, i.expires_at));
+    END IF;
+    UPDATE issuances SET status = 'redeemed', redeemed_at = now() WHERE tenant_id = t AND id = p_id;
+    UPDATE budgets SET reserved = reserved - i.cost_amount, spent = spent + i.cost_amount
+     WHERE tenant_id = t AND id = i.budget_id;
+    INSERT INTO ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
+    VALUES (t, i.budget_id, 'commit', i.cost_amount, i.currency, 'issuance', p_id);
+    RETURN issuance_json(p_id, false);
+END
+$$;
+
+-- Ends issuances without redemption: releases their reservations, gives
+-- undelivered voucher codes back to the pool and retires delivered ones.
+-- Locks budgets in id order so concurrent callers cannot deadlock.
+CREATE FUNCTION end_issuances(p_ids uuid[], p_status text) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    t uuid := current_tenant_id();
+    ended integer;
+BEGIN
+    PERFORM 1 FROM budgets
+     WHERE tenant_id = t
+       AND id IN (SELECT budget_id FROM issuances WHERE tenant_id = t AND id = ANY (p_ids))
+     ORDER BY id
+       FOR UPDATE;
+    WITH codes AS (
+        UPDATE voucher_codes
+           SET status = CASE status WHEN 'reserved' THEN 'available' ELSE 'invalid' END,
+               issuance_id = NULL
+         WHERE tenant_id = t AND issuance_id = ANY (p_ids)
+        RETURNING id, status
+    )
+    UPDATE issuances i
+       SET status = p_status,
+           -- A code back in the pool belongs to whoever gets it next.
+           voucher_code_id = CASE WHEN EXISTS (SELECT 1 FROM codes
+                                                WHERE codes.id = i.voucher_code_id
+                                                  AND codes.status = 'available')
+                                  THEN NULL ELSE i.voucher_code_id END
+     WHERE i.tenant_id = t AND i.id = ANY (p_ids);
+    GET DIAGNOSTICS ended = ROW_COUNT;
+    IF p_status = 'cancelled' THEN
+        UPDATE rules ru SET issued_count = ru.issued_count - s.n
+          FROM (SELECT rule_id, count(*) AS n FROM issuances
+                 WHERE tenant_id = t AND id = ANY (p_ids) GROUP BY rule_id) s
+         WHERE ru.tenant_id = t AND ru.id = s.rule_id;
+    END IF;
+    UPDATE budgets b SET reserved = b.reserved - s.total
+      FROM (SELECT budget_id, sum(cost_amount) AS total FROM issuances
+             WHERE tenant_id = t AND id = ANY (p_ids) GROUP BY budget_id) s
+     WHERE b.tenant_id = t AND b.id = s.budget_id;
+    INSERT INTO ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
+    SELECT t, budget_id, 'release', cost_amount, currency, 'issuance', id
+      FROM issuances WHERE tenant_id = t AND id = ANY (p_ids);
+    RETURN ended;
+END
+$$;
+
+-- Cancelling twice is a replay; a redeemed or expired issuance stays as it is.
+CREATE FUNCTION cancel_issuance(p_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    t uuid := current_tenant_id();
+    current_status text;
+BEGIN
+    SELECT status INTO current_status FROM issuances WHERE tenant_id = t AND id = p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM loyalty_refuse('not_found', format('issuance %s not found', p_id));
+    ELSIF current_status = 'cancelled' THEN
+        RETURN issuance_json(p_id, true);
+    ELSIF current_status <> 'issued' THEN
+        PERFORM loyalty_refuse('invalid_state', format('issuance %s is %s', p_id, current_status));
+    END IF;
+    PERFORM end_issuances(ARRAY[p_id], 'cancelled');
+    RETURN issuance_json(p_id, false);
+END
+$$;
+
+-- Expires up to p_batch issued rewards whose expiry is at or before p_now,
+-- skipping rows another caller holds; returns how many it expired.
+CREATE FUNCTION expire_issuances(p_now timestamptz, p_batch integer) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    due uuid[];
+BEGIN
+    SELECT array_agg(id) INTO due FROM (
+        SELECT id FROM issuances
+         WHERE tenant_id = current_tenant_id() AND status = 'issued' AND expires_at <= p_now
+         ORDER BY expires_at
+         LIMIT p_batch
+           FOR UPDATE SKIP LOCKED
+    ) s;
+    IF due IS NULL THEN
+        RETURN 0;
+    END IF;
+    RETURN end_issuances(due, 'expired');
+END
+$$;

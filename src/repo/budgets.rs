@@ -1,0 +1,346 @@
+//! Budgets and their append-only ledger.
+//!
+//! Every movement is one call to the SQL function `move_budget`, which locks
+//! the budget row, checks, updates and writes the ledger entry in the same
+//! statement. At every moment `hard_cap`, `reserved` and `spent` equal what
+//! the budget's entries sum to; [`BudgetRepository::verify_ledger`] checks it.
+
+use bigdecimal::BigDecimal;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Nullable, Numeric, Text, Uuid as SqlUuid};
+use diesel_async::RunQueryDsl;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::ids::{BudgetId, LedgerEntryId, TenantId};
+use crate::money::Currency;
+use crate::page::Page;
+use crate::schema::{budgets, ledger_entries};
+use crate::tenant::TenantConn;
+use crate::text_enum::text_enum;
+use crate::validate;
+
+text_enum! {
+    /// What a ledger entry did to its budget.
+    pub enum EntryType {
+        /// Moved `amount` into `reserved`.
+        Reserve => "reserve",
+        /// Gave a reservation back.
+        Release => "release",
+        /// Turned a reservation into `spent`.
+        Commit => "commit",
+        /// Raised `hard_cap`.
+        Topup => "topup",
+    }
+}
+
+/// A row of `budgets`.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Serialize, Deserialize)]
+#[diesel(table_name = budgets, check_for_backend(diesel::pg::Pg))]
+pub struct Budget {
+    pub tenant_id: TenantId,
+    pub id: BudgetId,
+    pub name: String,
+    pub currency: Currency,
+    pub hard_cap: BigDecimal,
+    pub reserved: BigDecimal,
+    pub spent: BigDecimal,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Budget {
+    /// What can still be reserved.
+    pub fn available(&self) -> BigDecimal {
+        &self.hard_cap - &self.reserved - &self.spent
+    }
+}
+
+/// A row of `ledger_entries`.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Serialize, Deserialize)]
+#[diesel(table_name = ledger_entries, check_for_backend(diesel::pg::Pg))]
+pub struct LedgerEntry {
+    pub tenant_id: TenantId,
+    pub id: LedgerEntryId,
+    pub budget_id: BudgetId,
+    pub entry_type: EntryType,
+    pub amount: BigDecimal,
+    pub currency: Currency,
+    pub ref_type: String,
+    pub ref_id: Uuid,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Input for [`BudgetRepository::create`]. The hard cap is booked as the
+/// budget's first top-up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewBudget {
+    pub name: String,
+    pub currency: Currency,
+    pub hard_cap: BigDecimal,
+}
+
+/// What a movement refers to. Each `(entry type, ref_type, ref_id)` is booked
+/// at most once: a retry is a replay with no second effect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerRef {
+    pub ref_type: String,
+    pub ref_id: Uuid,
+}
+
+impl LedgerRef {
+    /// A reference to `ref_id` of kind `ref_type`, for example `("order", id)`.
+    pub fn new(ref_type: impl Into<String>, ref_id: impl Into<Uuid>) -> Self {
+        LedgerRef {
+            ref_type: ref_type.into(),
+            ref_id: ref_id.into(),
+        }
+    }
+}
+
+/// The budget's figures after a movement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Movement {
+    /// False when the same movement had been booked before and this call
+    /// changed nothing.
+    pub applied: bool,
+    pub hard_cap: BigDecimal,
+    pub reserved: BigDecimal,
+    pub spent: BigDecimal,
+}
+
+#[derive(QueryableByName)]
+struct MoveRow {
+    #[diesel(sql_type = Text)]
+    outcome: String,
+    #[diesel(sql_type = Nullable<Numeric>)]
+    hard_cap: Option<BigDecimal>,
+    #[diesel(sql_type = Nullable<Numeric>)]
+    reserved: Option<BigDecimal>,
+    #[diesel(sql_type = Nullable<Numeric>)]
+    spent: Option<BigDecimal>,
+}
+
+/// A budget whose figures disagree with its ledger.
+#[derive(Debug, Clone, PartialEq, QueryableByName, Serialize, Deserialize)]
+pub struct LedgerMismatch {
+    #[diesel(sql_type = SqlUuid)]
+    pub budget_id: BudgetId,
+    #[diesel(sql_type = Numeric)]
+    pub hard_cap: BigDecimal,
+    #[diesel(sql_type = Numeric)]
+    pub reserved: BigDecimal,
+    #[diesel(sql_type = Numeric)]
+    pub spent: BigDecimal,
+    #[diesel(sql_type = Numeric)]
+    pub ledger_hard_cap: BigDecimal,
+    #[diesel(sql_type = Numeric)]
+    pub ledger_reserved: BigDecimal,
+    #[diesel(sql_type = Numeric)]
+    pub ledger_spent: BigDecimal,
+}
+
+/// Budgets and ledger of one tenant.
+pub trait BudgetRepository {
+    /// Creates a budget and books its hard cap as a top-up.
+    fn create(&mut self, new: NewBudget) -> impl Future<Output = Result<Budget>> + Send;
+    /// One budget, or [`Error::NotFound`].
+    fn get(&mut self, id: BudgetId) -> impl Future<Output = Result<Budget>> + Send;
+    /// Raises the hard cap; `ref_id` names the top-up so a retry is a replay.
+    fn top_up(
+        &mut self,
+        id: BudgetId,
+        amount: BigDecimal,
+        ref_id: Uuid,
+    ) -> impl Future<Output = Result<Movement>> + Send;
+    /// Reserves `amount`, or [`Error::BudgetExhausted`] if that would cross the cap.
+    fn reserve(
+        &mut self,
+        id: BudgetId,
+        amount: BigDecimal,
+        reference: LedgerRef,
+    ) -> impl Future<Output = Result<Movement>> + Send;
+    /// Gives back the reservation booked under `reference`, which must be for `amount`.
+    fn release(
+        &mut self,
+        id: BudgetId,
+        amount: BigDecimal,
+        reference: LedgerRef,
+    ) -> impl Future<Output = Result<Movement>> + Send;
+    /// Spends the reservation booked under `reference`, which must be for `amount`.
+    fn commit(
+        &mut self,
+        id: BudgetId,
+        amount: BigDecimal,
+        reference: LedgerRef,
+    ) -> impl Future<Output = Result<Movement>> + Send;
+    /// A budget's ledger, oldest first.
+    fn ledger(
+        &mut self,
+        id: BudgetId,
+        page: Page,
+    ) -> impl Future<Output = Result<Vec<LedgerEntry>>> + Send;
+    /// Every budget whose figures disagree with its ledger. Always empty,
+    /// unless something wrote to the tables behind this crate's back.
+    fn verify_ledger(&mut self) -> impl Future<Output = Result<Vec<LedgerMismatch>>> + Send;
+}
+
+/// [`BudgetRepository`] on a tenant guard: `tx.budgets()`.
+#[derive(Debug)]
+pub struct Budgets<'t>(&'t mut TenantConn);
+
+impl TenantConn {
+    /// This tenant's budgets and ledger.
+    pub fn budgets(&mut self) -> Budgets<'_> {
+        Budgets(self)
+    }
+}
+
+impl Budgets<'_> {
+    async fn mv(
+        &mut self,
+        id: BudgetId,
+        entry_type: EntryType,
+        amount: &BigDecimal,
+        reference: &LedgerRef,
+    ) -> Result<Movement> {
+        validate::amount("amount", amount)?;
+        validate::text("ref_type", &reference.ref_type, 1, 50)?;
+        let row: MoveRow = diesel::sql_query("SELECT * FROM move_budget($1, $2, $3, $4, $5)")
+            .bind::<SqlUuid, _>(id)
+            .bind::<Text, _>(entry_type)
+            .bind::<Numeric, _>(amount)
+            .bind::<Text, _>(&reference.ref_type)
+            .bind::<SqlUuid, _>(reference.ref_id)
+            .get_result(self.0.conn())
+            .await?;
+        let figures = |applied| match (row.hard_cap, row.reserved, row.spent) {
+            (Some(hard_cap), Some(reserved), Some(spent)) => Ok(Movement {
+                applied,
+                hard_cap,
+                reserved,
+                spent,
+            }),
+            _ => Err(Error::NotFound),
+        };
+        match row.outcome.as_str() {
+            "applied" => figures(true),
+            "replayed" => figures(false),
+            "missing" => Err(Error::NotFound),
+            "exhausted" => Err(Error::BudgetExhausted),
+            "not_reserved" => Err(Error::InvalidState {
+                reason: format!("no reservation of {amount} under this reference"),
+            }),
+            "already_settled" => Err(Error::InvalidState {
+                reason: "the reservation was already released or committed".into(),
+            }),
+            other => Err(Error::InvalidState {
+                reason: format!("unexpected outcome {other:?} from move_budget"),
+            }),
+        }
+    }
+}
+
+impl BudgetRepository for Budgets<'_> {
+    async fn create(&mut self, new: NewBudget) -> Result<Budget> {
+        validate::text("name", &new.name, 1, 200)?;
+        if new.hard_cap != BigDecimal::from(0) {
+            validate::amount("hard_cap", &new.hard_cap)?;
+        }
+        let tenant = self.0.tenant_id();
+        let id = BudgetId::new();
+        diesel::insert_into(budgets::table)
+            .values((
+                budgets::tenant_id.eq(tenant),
+                budgets::id.eq(id),
+                budgets::name.eq(new.name),
+                budgets::currency.eq(new.currency),
+                budgets::hard_cap.eq(BigDecimal::from(0)),
+            ))
+            .execute(self.0.conn())
+            .await?;
+        if new.hard_cap > BigDecimal::from(0) {
+            self.mv(id, EntryType::Topup, &new.hard_cap, &LedgerRef::new("budget", id))
+                .await?;
+        }
+        self.get(id).await
+    }
+
+    async fn get(&mut self, id: BudgetId) -> Result<Budget> {
+        Ok(budgets::table
+            .filter(budgets::id.eq(id))
+            .select(Budget::as_select())
+            .get_result(self.0.conn())
+            .await?)
+    }
+
+    async fn top_up(&mut self, id: BudgetId, amount: BigDecimal, ref_id: Uuid) -> Result<Movement> {
+        self.mv(id, EntryType::Topup, &amount, &LedgerRef::new("topup", ref_id))
+            .await
+    }
+
+    async fn reserve(
+        &mut self,
+        id: BudgetId,
+        amount: BigDecimal,
+        reference: LedgerRef,
+    ) -> Result<Movement> {
+        self.mv(id, EntryType::Reserve, &amount, &reference).await
+    }
+
+    async fn release(
+        &mut self,
+        id: BudgetId,
+        amount: BigDecimal,
+        reference: LedgerRef,
+    ) -> Result<Movement> {
+        self.mv(id, EntryType::Release, &amount, &reference).await
+    }
+
+    async fn commit(
+        &mut self,
+        id: BudgetId,
+        amount: BigDecimal,
+        reference: LedgerRef,
+    ) -> Result<Movement> {
+        self.mv(id, EntryType::Commit, &amount, &reference).await
+    }
+
+    async fn ledger(&mut self, id: BudgetId, page: Page) -> Result<Vec<LedgerEntry>> {
+        let limit = validate::page_limit(page.limit)?;
+        Ok(ledger_entries::table
+            .filter(ledger_entries::budget_id.eq(id))
+            .order((ledger_entries::created_at, ledger_entries::id))
+            .limit(limit)
+            .offset(i64::from(page.offset))
+            .select(LedgerEntry::as_select())
+            .load(self.0.conn())
+            .await?)
+    }
+
+    async fn verify_ledger(&mut self) -> Result<Vec<LedgerMismatch>> {
+        Ok(diesel::sql_query(
+            "SELECT b.id AS budget_id, b.hard_cap, b.reserved, b.spent, \
+                    coalesce(l.topped_up, 0) AS ledger_hard_cap, \
+                    coalesce(l.reserved, 0) AS ledger_reserved, \
+                    coalesce(l.spent, 0) AS ledger_spent \
+               FROM budgets b \
+               LEFT JOIN ( \
+                   SELECT budget_id, \
+                          sum(amount) FILTER (WHERE entry_type = 'topup') AS topped_up, \
+                          coalesce(sum(amount) FILTER (WHERE entry_type = 'reserve'), 0) \
+                            - coalesce(sum(amount) FILTER (WHERE entry_type IN ('release', 'commit')), 0) \
+                            AS reserved, \
+                          sum(amount) FILTER (WHERE entry_type = 'commit') AS spent \
+                     FROM ledger_entries GROUP BY budget_id) l ON l.budget_id = b.id \
+              WHERE b.hard_cap <> coalesce(l.topped_up, 0) \
+                 OR b.reserved <> coalesce(l.reserved, 0) \
+                 OR b.spent <> coalesce(l.spent, 0) \
+              ORDER BY b.id",
+        )
+        .load(self.0.conn())
+        .await?)
+    }
+}

@@ -1,0 +1,374 @@
+//! Reward issuances: the money path.
+//!
+//! Issuing, redeeming, cancelling and expiring are each one statement calling
+//! a SQL function from the migrations (`issue_reward`, `redeem_issuance`,
+//! `cancel_issuance`, `expire_issuances`, `issue_reward_batch`). Inside it the
+//! checks, the locks and the writes run in the order that keeps concurrent
+//! callers correct, and the whole call is one round trip. A refusal is an
+//! error that rolls the statement back; nothing is half-written.
+
+use std::collections::HashSet;
+
+use bigdecimal::BigDecimal;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Array, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::RunQueryDsl;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::ids::{
+    BudgetId, CampaignId, CustomerId, IssuanceId, RewardId, RuleId, TenantId, VoucherCodeId,
+};
+use crate::money::Currency;
+use crate::page::KeysetPage;
+use crate::schema::issuances;
+use crate::tenant::TenantConn;
+use crate::text_enum::text_enum;
+use crate::validate;
+
+text_enum! {
+    /// Where an issuance is in its life.
+    pub enum IssuanceStatus {
+        /// Held, not yet confirmed (not produced by this crate's `issue`).
+        Reserved => "reserved",
+        /// Given to the customer; its cost is reserved on the budget.
+        Issued => "issued",
+        /// Used by the customer; its cost is spent.
+        Redeemed => "redeemed",
+        /// Not used in time; its cost was released.
+        Expired => "expired",
+        /// Withdrawn; its cost was released and it no longer counts towards limits.
+        Cancelled => "cancelled",
+    }
+}
+
+/// A row of `issuances`.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Serialize, Deserialize)]
+#[diesel(table_name = issuances, check_for_backend(diesel::pg::Pg))]
+pub struct Issuance {
+    pub tenant_id: TenantId,
+    pub id: IssuanceId,
+    pub campaign_id: CampaignId,
+    pub rule_id: RuleId,
+    pub customer_id: CustomerId,
+    pub reward_id: RewardId,
+    pub budget_id: BudgetId,
+    pub voucher_code_id: Option<VoucherCodeId>,
+    pub status: IssuanceStatus,
+    pub cost_amount: BigDecimal,
+    pub currency: Currency,
+    pub idempotency_key: String,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub redeemed_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An issuance as a money-path call left it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Issued {
+    #[serde(flatten)]
+    pub issuance: Issuance,
+    /// The voucher code, when the reward uses codes and one is attached.
+    pub voucher_code: Option<String>,
+    /// True when this call found the work already done (same idempotency
+    /// key, or redeeming/cancelling twice) and changed nothing.
+    pub replayed: bool,
+}
+
+/// Input for [`IssuanceRepository::issue`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewIssuance {
+    pub rule_id: RuleId,
+    pub customer_id: CustomerId,
+    /// The caller's key for this issuance: retrying with it returns the
+    /// first issuance and has no second effect.
+    pub idempotency_key: String,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Input for [`IssuanceRepository::issue_batch`]: one rule's reward for many
+/// customers, each with its own idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewBatch {
+    pub rule_id: RuleId,
+    pub recipients: Vec<(CustomerId, String)>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl NewBatch {
+    /// Keys each customer's issuance as `"{batch_key}:{customer_id}"`.
+    pub fn for_customers(rule_id: RuleId, customers: &[CustomerId], batch_key: &str) -> Self {
+        NewBatch {
+            rule_id,
+            recipients: customers
+                .iter()
+                .map(|c| (*c, format!("{batch_key}:{c}")))
+                .collect(),
+            expires_at: None,
+        }
+    }
+}
+
+/// Most recipients in one [`IssuanceRepository::issue_batch`] call.
+pub const MAX_BATCH: usize = 10_000;
+
+/// What happened, or would have happened, for one recipient of a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", content = "issuance", rename_all = "snake_case")]
+pub enum BatchOutcome {
+    /// Issued by this call.
+    Issued(Box<Issued>),
+    /// Issued earlier under the same key; nothing new.
+    Replayed(Box<Issued>),
+    /// Would have been issued, but another recipient was refused, so the
+    /// batch wrote nothing.
+    Held,
+    CustomerNotFound,
+    CustomerInactive,
+    /// The rule's per-customer limit is used up (counting this batch).
+    LimitReached,
+}
+
+/// One recipient's line in a [`BatchReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchItem {
+    pub customer_id: CustomerId,
+    pub outcome: BatchOutcome,
+}
+
+/// What [`IssuanceRepository::issue_batch`] did: everything or nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchReport {
+    /// False when any recipient was refused; then nothing was written.
+    pub applied: bool,
+    /// One line per recipient, in input order.
+    pub items: Vec<BatchItem>,
+}
+
+/// Issuances of one tenant.
+pub trait IssuanceRepository {
+    /// Issues a reward: replays a known idempotency key; checks that the
+    /// campaign runs and the rule is active; enforces the rule's
+    /// per-customer and global limits; claims a voucher code when the
+    /// reward uses codes; reserves the cost on the campaign's budget; and
+    /// writes the issuance and its ledger entry. Refusals are
+    /// [`Error::CampaignNotRunning`], [`Error::RuleInactive`],
+    /// [`Error::LimitReached`], [`Error::NoCodesAvailable`],
+    /// [`Error::BudgetExhausted`], [`Error::NotFound`] and
+    /// [`Error::InvalidState`]; they leave nothing written but end the
+    /// guard's transaction.
+    fn issue(&mut self, new: NewIssuance) -> impl Future<Output = Result<Issued>> + Send;
+    /// Issues one rule's reward to many customers in a few set-based
+    /// statements, all or nothing. Per-recipient refusals come back in the
+    /// report with nothing written; batch-wide ones (codes, global limit,
+    /// budget, campaign) are errors.
+    fn issue_batch(&mut self, batch: NewBatch) -> impl Future<Output = Result<BatchReport>> + Send;
+    /// Redeems an issued reward, moving its cost from reserved to spent.
+    fn redeem(&mut self, id: IssuanceId) -> impl Future<Output = Result<Issued>> + Send;
+    /// Cancels an issued reward: releases its cost, stops it counting towards
+    /// limits, and puts an undelivered voucher code back in the pool.
+    fn cancel(&mut self, id: IssuanceId) -> impl Future<Output = Result<Issued>> + Send;
+    /// Expires up to `batch` issued rewards whose `expires_at` is at or
+    /// before `now`, releasing their cost. Returns how many; call again
+    /// until it returns 0.
+    fn expire_due(
+        &mut self,
+        now: DateTime<Utc>,
+        batch: u32,
+    ) -> impl Future<Output = Result<u32>> + Send;
+    /// One issuance, or [`Error::NotFound`].
+    fn get(&mut self, id: IssuanceId) -> impl Future<Output = Result<Issuance>> + Send;
+    /// One customer's issuances, newest first, by keyset.
+    fn list_for_customer(
+        &mut self,
+        customer_id: CustomerId,
+        page: KeysetPage<IssuanceId>,
+    ) -> impl Future<Output = Result<Vec<Issuance>>> + Send;
+}
+
+/// [`IssuanceRepository`] on a tenant guard: `tx.issuances()`.
+#[derive(Debug)]
+pub struct Issuances<'t>(&'t mut TenantConn);
+
+impl TenantConn {
+    /// This tenant's issuances.
+    pub fn issuances(&mut self) -> Issuances<'_> {
+        Issuances(self)
+    }
+}
+
+diesel::define_sql_function! {
+    fn issue_reward(id: SqlUuid, rule_id: SqlUuid, customer_id: SqlUuid, key: Text,
+                    expires_at: Nullable<Timestamptz>) -> Jsonb;
+}
+diesel::define_sql_function! {
+    fn issue_reward_batch(rule_id: SqlUuid, customer_ids: Array<SqlUuid>, keys: Array<Text>,
+                          ids: Array<SqlUuid>, expires_at: Nullable<Timestamptz>) -> Jsonb;
+}
+diesel::define_sql_function!(fn redeem_issuance(id: SqlUuid) -> Jsonb);
+diesel::define_sql_function!(fn cancel_issuance(id: SqlUuid) -> Jsonb);
+diesel::define_sql_function!(fn expire_issuances(now: Timestamptz, batch: Integer) -> Integer);
+
+fn decode<T: serde::de::DeserializeOwned>(json: Value) -> Result<T> {
+    serde_json::from_value(json).map_err(|e| Error::InvalidState {
+        reason: format!("unreadable answer from the database: {e}"),
+    })
+}
+
+fn validate_key(key: &str) -> Result<()> {
+    validate::text("idempotency_key", key, 1, 200)
+}
+
+fn validate_expiry(expires_at: Option<DateTime<Utc>>) -> Result<()> {
+    match expires_at {
+        Some(at) if at <= Utc::now() => Err(Error::invalid("expires_at", "must be in the future")),
+        _ => Ok(()),
+    }
+}
+
+#[derive(Deserialize)]
+struct RawBatch {
+    applied: bool,
+    items: Option<Vec<RawItem>>,
+}
+
+#[derive(Deserialize)]
+struct RawItem {
+    customer_id: CustomerId,
+    verdict: String,
+    issuance: Option<Issued>,
+}
+
+impl RawItem {
+    fn into_item(self, applied: bool) -> Result<BatchItem> {
+        let outcome = match (self.verdict.as_str(), self.issuance) {
+            ("issue", Some(issued)) if applied => BatchOutcome::Issued(Box::new(issued)),
+            ("issue", _) => BatchOutcome::Held,
+            ("replayed", Some(issued)) => BatchOutcome::Replayed(Box::new(issued)),
+            ("customer_not_found", _) => BatchOutcome::CustomerNotFound,
+            ("customer_inactive", _) => BatchOutcome::CustomerInactive,
+            ("customer_limit_reached", _) => BatchOutcome::LimitReached,
+            (other, _) => {
+                return Err(Error::InvalidState {
+                    reason: format!("unexpected batch verdict {other:?}"),
+                });
+            }
+        };
+        Ok(BatchItem {
+            customer_id: self.customer_id,
+            outcome,
+        })
+    }
+}
+
+impl IssuanceRepository for Issuances<'_> {
+    async fn issue(&mut self, new: NewIssuance) -> Result<Issued> {
+        validate_key(&new.idempotency_key)?;
+        validate_expiry(new.expires_at)?;
+        let json: Value = diesel::select(issue_reward(
+            IssuanceId::new(),
+            new.rule_id,
+            new.customer_id,
+            new.idempotency_key,
+            new.expires_at,
+        ))
+        .get_result(self.0.conn())
+        .await?;
+        decode(json)
+    }
+
+    async fn issue_batch(&mut self, batch: NewBatch) -> Result<BatchReport> {
+        if batch.recipients.is_empty() || batch.recipients.len() > MAX_BATCH {
+            return Err(Error::invalid(
+                "recipients",
+                format!("must hold 1 to {MAX_BATCH} customers"),
+            ));
+        }
+        let mut seen = HashSet::with_capacity(batch.recipients.len());
+        for (_, key) in &batch.recipients {
+            validate_key(key)?;
+            if !seen.insert(key.as_str()) {
+                return Err(Error::invalid("recipients", format!("key {key:?} appears twice")));
+            }
+        }
+        validate_expiry(batch.expires_at)?;
+        let (customers, keys): (Vec<CustomerId>, Vec<String>) = batch.recipients.into_iter().unzip();
+        let ids: Vec<IssuanceId> = customers.iter().map(|_| IssuanceId::new()).collect();
+        let json: Value = diesel::select(issue_reward_batch(
+            batch.rule_id,
+            customers,
+            keys,
+            ids,
+            batch.expires_at,
+        ))
+        .get_result(self.0.conn())
+        .await?;
+        let raw: RawBatch = decode(json)?;
+        let items = raw
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(|item| item.into_item(raw.applied))
+            .collect::<Result<_>>()?;
+        Ok(BatchReport {
+            applied: raw.applied,
+            items,
+        })
+    }
+
+    async fn redeem(&mut self, id: IssuanceId) -> Result<Issued> {
+        let json: Value = diesel::select(redeem_issuance(id))
+            .get_result(self.0.conn())
+            .await?;
+        decode(json)
+    }
+
+    async fn cancel(&mut self, id: IssuanceId) -> Result<Issued> {
+        let json: Value = diesel::select(cancel_issuance(id))
+            .get_result(self.0.conn())
+            .await?;
+        decode(json)
+    }
+
+    async fn expire_due(&mut self, now: DateTime<Utc>, batch: u32) -> Result<u32> {
+        let batch = validate::page_limit(batch)?;
+        let expired: i32 = diesel::select(expire_issuances(now, batch as i32))
+            .get_result(self.0.conn())
+            .await?;
+        Ok(expired.unsigned_abs())
+    }
+
+    async fn get(&mut self, id: IssuanceId) -> Result<Issuance> {
+        Ok(issuances::table
+            .filter(issuances::id.eq(id))
+            .select(Issuance::as_select())
+            .get_result(self.0.conn())
+            .await?)
+    }
+
+    async fn list_for_customer(
+        &mut self,
+        customer_id: CustomerId,
+        page: KeysetPage<IssuanceId>,
+    ) -> Result<Vec<Issuance>> {
+        let limit = validate::page_limit(page.limit)?;
+        let mut query = issuances::table
+            .filter(issuances::customer_id.eq(customer_id))
+            .order((issuances::issued_at.desc(), issuances::id.desc()))
+            .limit(limit)
+            .select(Issuance::as_select())
+            .into_boxed();
+        if let Some(after) = page.after {
+            query = query.filter(
+                issuances::issued_at
+                    .lt(after.at)
+                    .or(issuances::issued_at.eq(after.at).and(issuances::id.lt(after.id))),
+            );
+        }
+        Ok(query.load(self.0.conn()).await?)
+    }
+}
