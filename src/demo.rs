@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::ids::*;
+use crate::repo::budgets::BudgetRepository;
 use crate::repo::campaigns::CampaignStatus;
 use crate::repo::rewards::RewardType;
 use crate::repo::staff_users::StaffRole;
@@ -160,11 +161,16 @@ pub async fn seed_demo(store: &Store) -> Result<DemoSummary> {
             budgets::id.eq(budget),
             budgets::name.eq("Demo rewards budget"),
             budgets::currency.eq("USD"),
-            budgets::hard_cap.eq(bigdecimal::BigDecimal::from(10_000)),
+            budgets::hard_cap.eq(bigdecimal::BigDecimal::from(0)),
         ))
         .on_conflict_do_nothing()
         .execute(conn)
         .await?;
+    // Through the ledger, so the cap has its entry; a second run is a replay.
+    tx.budgets()
+        .top_up(budget, bigdecimal::BigDecimal::from(10_000), budget.0)
+        .await?;
+    let conn = tx.conn();
 
     let welcome = CampaignId(demo(401));
     let weekend = CampaignId(demo(402));

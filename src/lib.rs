@@ -34,14 +34,17 @@ pub mod prelude {
     pub use crate::ids::*;
     pub use crate::repo::analytics::AnalyticsRepository;
     pub use crate::repo::audit_logs::{AuditLogRepository, NewAuditLog};
+    pub use crate::repo::budgets::{BudgetRepository, LedgerRef, NewBudget};
     pub use crate::repo::campaigns::{CampaignRepository, CampaignStatus, NewCampaign};
     pub use crate::repo::consents::{Channel, ConsentRepository, NewConsent, Purpose};
     pub use crate::repo::customers::{CustomerRepository, CustomerStatus, NewCustomer};
     pub use crate::repo::events::{EventRepository, NewEvent};
+    pub use crate::repo::issuances::{IssuanceRepository, IssuanceStatus, NewBatch, NewIssuance};
     pub use crate::repo::rewards::{NewReward, RewardRepository, RewardStatus, RewardType};
     pub use crate::repo::rules::{NewRule, RuleRepository};
     pub use crate::repo::staff_users::{NewStaffUser, StaffRole, StaffUserRepository};
     pub use crate::repo::tenants::{NewTenant, Tenant, TenantPage, TenantRepository, TenantStatus};
+    pub use crate::repo::voucher_codes::VoucherCodeRepository;
     pub use crate::repo::wa_sessions::{NewWaSession, WaSessionRepository};
     pub use crate::{
         Actor, Config, Currency, Cursor, Error, KeysetPage, Page, Result, Store, TenantConn,

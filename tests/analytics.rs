@@ -6,6 +6,7 @@ use chrono::{Duration, Utc};
 use diesel_async::SimpleAsyncConnection;
 use loyalty_store::prelude::*;
 use loyalty_store::repo::analytics::TopReward;
+use loyalty_store::repo::budgets::{BudgetRepository, NewBudget};
 use loyalty_store::testing::TestDb;
 use serde_json::json;
 
@@ -57,6 +58,12 @@ async fn world(store: &Store) -> World {
         .await
         .unwrap()
         .id;
+    let budget = tx
+        .budgets()
+        .create(NewBudget { name: "B".into(), currency: usd, hard_cap: 1000.into() })
+        .await
+        .unwrap()
+        .id;
     let rule = tx
         .rules()
         .create(NewRule {
@@ -103,9 +110,9 @@ async fn world(store: &Store) -> World {
             "NULL"
         };
         sql += &format!(
-            "INSERT INTO issuances (tenant_id, campaign_id, rule_id, customer_id, reward_id, status, \
-             cost_amount, currency, idempotency_key, issued_at, redeemed_at) VALUES ('{tenant}', \
-             '{campaign}', '{rule}', '{}', '{reward}', '{status}', {cost}, 'USD', 'k{n}', \
+            "INSERT INTO issuances (tenant_id, campaign_id, rule_id, customer_id, reward_id, budget_id, \
+             status, cost_amount, currency, idempotency_key, issued_at, redeemed_at) VALUES ('{tenant}', \
+             '{campaign}', '{rule}', '{}', '{reward}', '{budget}', '{status}', {cost}, 'USD', 'k{n}', \
              now() - interval '{hours_ago} hours', {redeemed_at});",
             customers[n % 2]
         );

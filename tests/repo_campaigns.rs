@@ -4,6 +4,7 @@ use bigdecimal::BigDecimal;
 use chrono::{Duration, Utc};
 use diesel_async::SimpleAsyncConnection;
 use loyalty_store::prelude::*;
+use loyalty_store::repo::budgets::{BudgetRepository, NewBudget};
 use loyalty_store::repo::rewards::Reward;
 use loyalty_store::testing::TestDb;
 use serde_json::json;
@@ -491,14 +492,20 @@ async fn rule_issuance_counts_mean_this_rule() {
         .create(NewCustomer::new("+15550000002"))
         .await
         .unwrap();
+    let budget = tx
+        .budgets()
+        .create(NewBudget { name: "B".into(), currency: "USD".parse().unwrap(), hard_cap: 100.into() })
+        .await
+        .unwrap()
+        .id;
     // The seed counted by campaign, so a sibling rule's issuances leaked
     // into this rule's count. Issuances are inserted directly here; the
     // issuance API has tests of its own.
     let issue = |rule: RuleId, customer: CustomerId, status: &str, days_ago: i64, key: &str| {
         format!(
-            "INSERT INTO issuances (tenant_id, campaign_id, rule_id, customer_id, reward_id, status, \
+            "INSERT INTO issuances (tenant_id, campaign_id, rule_id, customer_id, reward_id, budget_id, status, \
              cost_amount, currency, idempotency_key, issued_at, redeemed_at) VALUES ('{a}', '{}', '{rule}', \
-             '{customer}', '{}', '{status}', 2, 'USD', '{key}', now() - interval '{days_ago} days', {})",
+             '{customer}', '{}', '{budget}', '{status}', 2, 'USD', '{key}', now() - interval '{days_ago} days', {})",
             setup.campaign,
             setup.reward.id,
             if status == "redeemed" {

@@ -36,9 +36,9 @@ BEGIN
     INSERT INTO voucher_codes (tenant_id, reward_id, code, status, issuance_id)
         VALUES (t, reward, 'CODE-' || tag, 'reserved', issuance)
         RETURNING id INTO code;
-    INSERT INTO issuances (tenant_id, id, campaign_id, rule_id, customer_id, reward_id,
+    INSERT INTO issuances (tenant_id, id, campaign_id, rule_id, customer_id, reward_id, budget_id,
                            voucher_code_id, status, cost_amount, currency, idempotency_key)
-        VALUES (t, issuance, campaign, rule, customer, reward, code, 'reserved', 5, 'USD', 'key-' || tag);
+        VALUES (t, issuance, campaign, rule, customer, reward, budget, code, 'reserved', 5, 'USD', 'key-' || tag);
     INSERT INTO events (tenant_id, customer_id, event_type, properties, occurred_at, source, idempotency_key)
         VALUES (t, customer, 'purchase', '{"amount": 50}', now(), 'api', 'evt-' || tag);
     INSERT INTO wa_sessions (tenant_id, wa_id, customer_id, phone_e164, state)
