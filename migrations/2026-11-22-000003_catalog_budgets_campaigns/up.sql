@@ -47,7 +47,9 @@ CREATE TABLE ledger_entries (
     currency    text NOT NULL,
     ref_type    text NOT NULL CHECK (char_length(ref_type) BETWEEN 1 AND 50),
     ref_id      uuid NOT NULL,
-    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- The wall clock, not the transaction start, so entries of one
+    -- transaction keep the order they were booked in.
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (tenant_id, id),
     FOREIGN KEY (tenant_id, budget_id, currency) REFERENCES budgets (tenant_id, id, currency),
     -- A retried money movement cannot be booked twice.

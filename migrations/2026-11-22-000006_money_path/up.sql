@@ -39,8 +39,9 @@ $$;
 
 -- One budget movement with its ledger entry. The row lock comes first, so
 -- the checks that follow see every earlier movement of this budget.
--- Outcomes: applied, replayed (same entry_type/ref seen before: no effect),
--- missing, exhausted, not_reserved, already_settled.
+-- Outcomes: applied, replayed (same entry_type, ref and amount seen before:
+-- no effect), conflicting_replay (same ref, other amount), missing,
+-- exhausted, not_reserved, already_settled.
 CREATE FUNCTION move_budget(
     p_budget_id uuid,
     p_entry_type text,
@@ -54,6 +55,7 @@ CREATE FUNCTION move_budget(
 DECLARE
     t uuid := current_tenant_id();
     b budgets%ROWTYPE;
+    booked numeric;
 BEGIN
     IF p_amount IS NULL OR p_amount <= 0 THEN
         PERFORM loyalty_refuse('invalid_amount', 'amount must be positive');
@@ -63,10 +65,12 @@ BEGIN
         RETURN QUERY SELECT 'missing', NULL::numeric, NULL::numeric, NULL::numeric;
         RETURN;
     END IF;
-    IF EXISTS (SELECT 1 FROM ledger_entries
+    booked := (SELECT amount FROM ledger_entries
                 WHERE tenant_id = t AND entry_type = p_entry_type
-                  AND ref_type = p_ref_type AND ref_id = p_ref_id) THEN
-        RETURN QUERY SELECT 'replayed', b.hard_cap, b.reserved, b.spent;
+                  AND ref_type = p_ref_type AND ref_id = p_ref_id);
+    IF booked IS NOT NULL THEN
+        RETURN QUERY SELECT CASE WHEN booked = p_amount THEN 'replayed' ELSE 'conflicting_replay' END,
+                            b.hard_cap, b.reserved, b.spent;
         RETURN;
     END IF;
     IF p_entry_type IN ('release', 'commit') THEN

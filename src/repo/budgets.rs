@@ -233,6 +233,9 @@ impl Budgets<'_> {
             "not_reserved" => Err(Error::InvalidState {
                 reason: format!("no reservation of {amount} under this reference"),
             }),
+            "conflicting_replay" => Err(Error::InvalidState {
+                reason: "this reference was booked before with another amount".into(),
+            }),
             "already_settled" => Err(Error::InvalidState {
                 reason: "the reservation was already released or committed".into(),
             }),
