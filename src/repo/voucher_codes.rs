@@ -93,6 +93,12 @@ pub trait VoucherCodeRepository {
     /// Withdraws an available code from the pool.
     fn invalidate(&mut self, id: VoucherCodeId)
     -> impl Future<Output = Result<VoucherCode>> + Send;
+    /// A code of a reward, by its text.
+    fn find(
+        &mut self,
+        reward_id: RewardId,
+        code: &str,
+    ) -> impl Future<Output = Result<Option<VoucherCode>>> + Send;
     /// Codes of a reward by status.
     fn counts(&mut self, reward_id: RewardId) -> impl Future<Output = Result<StatusCounts>> + Send;
 }
@@ -222,6 +228,16 @@ impl VoucherCodeRepository for VoucherCodes<'_> {
             Some(code) => Ok(code),
             None => Err(self.not_in(id, VoucherStatus::Available).await),
         }
+    }
+
+    async fn find(&mut self, reward_id: RewardId, code: &str) -> Result<Option<VoucherCode>> {
+        Ok(voucher_codes::table
+            .filter(voucher_codes::reward_id.eq(reward_id))
+            .filter(voucher_codes::code.eq(code))
+            .select(VoucherCode::as_select())
+            .get_result(self.0.conn())
+            .await
+            .optional()?)
     }
 
     async fn counts(&mut self, reward_id: RewardId) -> Result<StatusCounts> {

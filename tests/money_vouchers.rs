@@ -1,0 +1,123 @@
+//! Voucher-code pools.
+
+mod common;
+
+use common::{Knobs, programme};
+use loyalty_store::prelude::*;
+use loyalty_store::repo::voucher_codes::{IMPORT_CHUNK, StatusCounts, VoucherStatus};
+use loyalty_store::testing::TestDb;
+
+fn codes(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn import_reports_duplicates_in_the_pool_and_in_the_input() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let p = programme(store, Knobs { uses_codes: true, ..Knobs::default() }).await;
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    let first = tx.voucher_codes().import(p.reward, &codes(&["A", "B", "C"])).await.unwrap();
+    assert_eq!((first.inserted, first.duplicates.len()), (3, 0));
+    let second = tx.voucher_codes().import(p.reward, &codes(&["C", "D", "D", "A", "E"])).await.unwrap();
+    assert_eq!(second.inserted, 2);
+    let mut dups = second.duplicates.clone();
+    dups.sort();
+    assert_eq!(dups, ["A", "C", "D"]);
+    assert_eq!(
+        tx.voucher_codes().counts(p.reward).await.unwrap(),
+        StatusCounts { available: 5, ..StatusCounts::default() }
+    );
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn import_takes_more_than_one_chunk_and_refuses_bad_codes_whole() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let p = programme(store, Knobs { uses_codes: true, ..Knobs::default() }).await;
+    let many: Vec<String> = (0..IMPORT_CHUNK * 2 + 17).map(|i| format!("BULK-{i}")).collect();
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    let report = tx.voucher_codes().import(p.reward, &many).await.unwrap();
+    assert_eq!(report.inserted as usize, many.len());
+    let mut bad = codes(&["NEW-1", "NEW-2"]);
+    bad.push("x".repeat(101));
+    assert!(matches!(
+        tx.voucher_codes().import(p.reward, &bad).await,
+        Err(Error::InvalidInput { field: "codes", .. })
+    ));
+    assert!(matches!(
+        tx.voucher_codes().import(p.reward, &codes(&[""])).await,
+        Err(Error::InvalidInput { field: "codes", .. })
+    ));
+    assert_eq!(tx.voucher_codes().counts(p.reward).await.unwrap().available as usize, many.len());
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn reserve_mark_issued_and_invalidate_move_codes_through_their_states() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let p = programme(store, Knobs { uses_codes: true, ..Knobs::default() }).await;
+    let customer = common::customers(store, p.tenant, 1).await[0];
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    tx.voucher_codes().import(p.reward, &codes(&["ONLY", "SPARE"])).await.unwrap();
+    let spare = tx.voucher_codes().find(p.reward, "SPARE").await.unwrap().unwrap();
+    assert_eq!(spare.status, VoucherStatus::Available);
+    let spare = tx.voucher_codes().invalidate(spare.id).await.unwrap();
+    assert_eq!(spare.status, VoucherStatus::Invalid);
+    assert!(tx.voucher_codes().find(p.reward, "NOPE").await.unwrap().is_none());
+    assert!(matches!(tx.voucher_codes().invalidate(spare.id).await, Err(Error::InvalidState { .. })));
+    tx.commit().await.unwrap();
+
+    // Issuing claims the code; a second claim finds the pool empty.
+    let issued = common::issue(store, &p, customer, "k1").await.unwrap();
+    assert_eq!(issued.voucher_code.as_deref(), Some("ONLY"));
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    let code_id = issued.issuance.voucher_code_id.unwrap();
+    assert!(matches!(tx.voucher_codes().reserve(p.reward, IssuanceId::new()).await, Err(Error::NoCodesAvailable)));
+    let delivered = tx.voucher_codes().mark_issued(code_id).await.unwrap();
+    assert_eq!(delivered.status, VoucherStatus::Issued);
+    assert!(delivered.issued_at.is_some());
+    assert!(matches!(tx.voucher_codes().mark_issued(code_id).await, Err(Error::InvalidState { .. })));
+    assert!(matches!(tx.voucher_codes().invalidate(code_id).await, Err(Error::InvalidState { .. })));
+    assert!(matches!(tx.voucher_codes().mark_issued(VoucherCodeId::new()).await, Err(Error::NotFound)));
+    assert_eq!(
+        tx.voucher_codes().counts(p.reward).await.unwrap(),
+        StatusCounts { issued: 1, invalid: 1, ..StatusCounts::default() }
+    );
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_code_reserved_for_an_issuance_that_never_appears_cannot_commit() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let p = programme(store, Knobs { uses_codes: true, ..Knobs::default() }).await;
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    tx.voucher_codes().import(p.reward, &codes(&["A"])).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    let code = tx.voucher_codes().reserve(p.reward, IssuanceId::new()).await.unwrap();
+    assert_eq!(code.status, VoucherStatus::Reserved);
+    assert!(matches!(tx.commit().await, Err(Error::MissingReference { .. })));
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    assert_eq!(tx.voucher_codes().counts(p.reward).await.unwrap().available, 1);
+}
+
+#[tokio::test]
+async fn pools_are_per_tenant() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let p = programme(store, Knobs { uses_codes: true, ..Knobs::default() }).await;
+    let other = store.platform().create(NewTenant::new("Other", "USD".parse().unwrap())).await.unwrap().id;
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    tx.voucher_codes().import(p.reward, &codes(&["A"])).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.tenant(other).await.unwrap();
+    assert_eq!(tx.voucher_codes().counts(p.reward).await.unwrap(), StatusCounts::default());
+    assert!(matches!(tx.voucher_codes().reserve(p.reward, IssuanceId::new()).await, Err(Error::NoCodesAvailable)));
+    let cross = tx.voucher_codes().import(p.reward, &codes(&["B"])).await;
+    assert!(matches!(cross, Err(Error::MissingReference { .. })), "{cross:?}");
+}
+
