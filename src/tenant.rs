@@ -1,14 +1,11 @@
 //! [`TenantConn`]: the RAII guard that puts one tenant's context on a pooled
 //! connection for the length of one transaction.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use diesel::connection::{Instrumentation, InstrumentationEvent};
+use diesel::connection::TransactionManagerStatus;
+use diesel::result::Error as DieselError;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::{
-    AnsiTransactionManager, AsyncConnection, AsyncPgConnection, SimpleAsyncConnection,
-    TransactionManager,
+    AnsiTransactionManager, AsyncPgConnection, SimpleAsyncConnection, TransactionManager,
 };
 
 use crate::error::{Error, Result};
@@ -49,7 +46,6 @@ pub struct TenantConn {
     conn: Option<Pooled>,
     tenant: TenantId,
     actor: Actor,
-    aborted: Arc<AtomicBool>,
 }
 
 /// Who is acting through a guard. Audited writes record it in `audit_logs`.
@@ -96,8 +92,6 @@ impl std::fmt::Debug for TenantConn {
 
 impl TenantConn {
     pub(crate) async fn begin(mut conn: Pooled, tenant: TenantId, actor: Actor) -> Result<Self> {
-        let aborted = Arc::new(AtomicBool::new(false));
-        conn.set_instrumentation(AbortWatch::new(Arc::clone(&aborted)));
         // The uuid is formatted from a typed id, so nothing user-supplied is
         // spliced into this SQL.
         let opening = format!(
@@ -115,12 +109,10 @@ impl TenantConn {
             }
             return Err(Error::from_tenant_check(err, tenant));
         }
-        aborted.store(false, Ordering::Relaxed);
         Ok(TenantConn {
             conn: Some(conn),
             tenant,
             actor,
-            aborted,
         })
     }
 
@@ -144,21 +136,44 @@ impl TenantConn {
 
     /// Commits and ends the guard.
     ///
-    /// If any statement failed since the guard opened (and was not undone by a
-    /// savepoint rollback), PostgreSQL has already discarded the transaction:
-    /// this rolls back and returns [`Error::TransactionAborted`] rather than
-    /// reporting a commit that did not happen.
+    /// If any statement failed since the guard opened (and was not undone by
+    /// a savepoint rollback), PostgreSQL has already discarded the
+    /// transaction and would answer `COMMIT` with a silent `ROLLBACK`. This
+    /// returns [`Error::TransactionAborted`] then, rather than reporting a
+    /// commit that did not happen.
     pub async fn commit(mut self) -> Result<()> {
         let mut conn = self
             .conn
             .take()
             .expect("a live guard always holds its connection");
-        if self.aborted.load(Ordering::Relaxed) {
-            roll_back(&mut conn).await;
-            return Err(Error::TransactionAborted);
+        // A probe and COMMIT, pipelined in one round trip: in a failed
+        // transaction the probe errors, and COMMIT then only rolls back.
+        let (mut for_probe, mut for_commit): (&AsyncPgConnection, &AsyncPgConnection) =
+            (&conn, &conn);
+        let (probe, commit) = tokio::join!(
+            for_probe.batch_execute("SELECT 1"),
+            for_commit.batch_execute("COMMIT"),
+        );
+        let status = AnsiTransactionManager::transaction_manager_status_mut(&mut *conn);
+        match (probe, commit) {
+            (_, Err(err @ DieselError::DatabaseError(..))) => {
+                *status = TransactionManagerStatus::Valid(Default::default());
+                Err(err.into())
+            }
+            (_, Err(err)) => {
+                // The connection itself failed; the pool must not reuse it.
+                status.set_in_error();
+                Err(err.into())
+            }
+            (Err(_), Ok(())) => {
+                *status = TransactionManagerStatus::Valid(Default::default());
+                Err(Error::TransactionAborted)
+            }
+            (Ok(()), Ok(())) => {
+                *status = TransactionManagerStatus::Valid(Default::default());
+                Ok(())
+            }
         }
-        AnsiTransactionManager::commit_transaction(&mut *conn).await?;
-        Ok(())
     }
 
     /// Rolls back and ends the guard. Dropping the guard does the same in
@@ -195,42 +210,4 @@ async fn roll_back(conn: &mut Pooled) {
 
 fn mark_broken(conn: &mut Pooled) {
     AnsiTransactionManager::transaction_manager_status_mut(&mut **conn).set_in_error();
-}
-
-/// Notices statement failures inside the guard's transaction.
-///
-/// PostgreSQL answers `COMMIT` in a failed transaction with a silent
-/// `ROLLBACK`, and diesel reports that as success. Watching the connection's
-/// query results is how the guard knows to report the loss instead.
-struct AbortWatch {
-    aborted: Arc<AtomicBool>,
-    savepoint_rollback_pending: bool,
-}
-
-impl AbortWatch {
-    fn new(aborted: Arc<AtomicBool>) -> Self {
-        AbortWatch {
-            aborted,
-            savepoint_rollback_pending: false,
-        }
-    }
-}
-
-impl Instrumentation for AbortWatch {
-    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
-        match event {
-            InstrumentationEvent::RollbackTransaction { depth, .. } if depth.get() > 1 => {
-                self.savepoint_rollback_pending = true;
-            }
-            InstrumentationEvent::FinishQuery { error, .. } => {
-                let undoing = std::mem::take(&mut self.savepoint_rollback_pending);
-                if error.is_some() {
-                    self.aborted.store(true, Ordering::Relaxed);
-                } else if undoing {
-                    self.aborted.store(false, Ordering::Relaxed);
-                }
-            }
-            _ => {}
-        }
-    }
 }

@@ -60,7 +60,11 @@ async fn world(store: &Store) -> World {
         .id;
     let budget = tx
         .budgets()
-        .create(NewBudget { name: "B".into(), currency: usd, hard_cap: 1000.into() })
+        .create(NewBudget {
+            name: "B".into(),
+            currency: usd,
+            hard_cap: 1000.into(),
+        })
         .await
         .unwrap()
         .id;

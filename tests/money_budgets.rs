@@ -11,14 +11,26 @@ use uuid::Uuid;
 
 async fn shop(store: &Store) -> (TenantId, BudgetId) {
     let usd: Currency = "USD".parse().unwrap();
-    let tenant = store.platform().create(NewTenant::new("Shop", usd)).await.unwrap().id;
+    let tenant = store
+        .platform()
+        .create(NewTenant::new("Shop", usd))
+        .await
+        .unwrap()
+        .id;
     let mut tx = store.tenant(tenant).await.unwrap();
     let budget = tx
         .budgets()
-        .create(NewBudget { name: "Main".into(), currency: usd, hard_cap: money("100") })
+        .create(NewBudget {
+            name: "Main".into(),
+            currency: usd,
+            hard_cap: money("100"),
+        })
         .await
         .unwrap();
-    assert_eq!((budget.hard_cap.clone(), budget.available()), (money("100"), money("100")));
+    assert_eq!(
+        (budget.hard_cap.clone(), budget.available()),
+        (money("100"), money("100"))
+    );
     tx.commit().await.unwrap();
     (tenant, budget.id)
 }
@@ -41,22 +53,72 @@ async fn reserve_release_commit_and_top_up_keep_the_ledger_exact() {
     b.reserve(budget, money("50"), order(2)).await.unwrap();
     // 80 of 100 taken: 21 more would cross the cap, and refusing it leaves
     // the transaction usable.
-    assert!(matches!(b.reserve(budget, money("21"), order(3)).await, Err(Error::BudgetExhausted)));
+    assert!(matches!(
+        b.reserve(budget, money("21"), order(3)).await,
+        Err(Error::BudgetExhausted)
+    ));
     let committed = b.commit(budget, money("30"), order(1)).await.unwrap();
-    assert_eq!((committed.reserved, committed.spent), (money("50"), money("30")));
+    assert_eq!(
+        (committed.reserved, committed.spent),
+        (money("50"), money("30"))
+    );
     let released = b.release(budget, money("50"), order(2)).await.unwrap();
-    assert_eq!((released.reserved, released.spent), (money("0"), money("30")));
-    assert!(!b.release(budget, money("50"), order(2)).await.unwrap().applied);
-    assert!(matches!(b.commit(budget, money("50"), order(2)).await, Err(Error::InvalidState { .. })), "released, so not committable");
-    assert!(matches!(b.release(budget, money("5"), order(9)).await, Err(Error::InvalidState { .. })), "never reserved");
-    assert!(matches!(b.commit(budget, money("29"), order(1)).await, Err(Error::InvalidState { .. })));
-    let topped = b.top_up(budget, money("20.50"), Uuid::from_u128(77)).await.unwrap();
+    assert_eq!(
+        (released.reserved, released.spent),
+        (money("0"), money("30"))
+    );
+    assert!(
+        !b.release(budget, money("50"), order(2))
+            .await
+            .unwrap()
+            .applied
+    );
+    assert!(
+        matches!(
+            b.commit(budget, money("50"), order(2)).await,
+            Err(Error::InvalidState { .. })
+        ),
+        "released, so not committable"
+    );
+    assert!(
+        matches!(
+            b.release(budget, money("5"), order(9)).await,
+            Err(Error::InvalidState { .. })
+        ),
+        "never reserved"
+    );
+    assert!(matches!(
+        b.commit(budget, money("29"), order(1)).await,
+        Err(Error::InvalidState { .. })
+    ));
+    let topped = b
+        .top_up(budget, money("20.50"), Uuid::from_u128(77))
+        .await
+        .unwrap();
     assert_eq!(topped.hard_cap, money("120.50"));
-    assert!(!b.top_up(budget, money("20.50"), Uuid::from_u128(77)).await.unwrap().applied);
-    let entries: Vec<EntryType> = b.ledger(budget, Page::first(100)).await.unwrap().into_iter().map(|e| e.entry_type).collect();
+    assert!(
+        !b.top_up(budget, money("20.50"), Uuid::from_u128(77))
+            .await
+            .unwrap()
+            .applied
+    );
+    let entries: Vec<EntryType> = b
+        .ledger(budget, Page::first(100))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.entry_type)
+        .collect();
     assert_eq!(
         entries,
-        [EntryType::Topup, EntryType::Reserve, EntryType::Reserve, EntryType::Commit, EntryType::Release, EntryType::Topup]
+        [
+            EntryType::Topup,
+            EntryType::Reserve,
+            EntryType::Reserve,
+            EntryType::Commit,
+            EntryType::Release,
+            EntryType::Topup
+        ]
     );
     assert!(b.verify_ledger().await.unwrap().is_empty());
     tx.commit().await.unwrap();
@@ -71,20 +133,61 @@ async fn bad_amounts_and_unknown_budgets_are_refused() {
     let mut tx = store.tenant(tenant).await.unwrap();
     for amount in ["0", "-5", "1.001"] {
         let outcome = tx.budgets().reserve(budget, money(amount), r.clone()).await;
-        assert!(matches!(outcome, Err(Error::InvalidInput { field: "amount", .. })), "{amount}: {outcome:?}");
+        assert!(
+            matches!(
+                outcome,
+                Err(Error::InvalidInput {
+                    field: "amount",
+                    ..
+                })
+            ),
+            "{amount}: {outcome:?}"
+        );
     }
     let no_type = LedgerRef::new("", Uuid::from_u128(1));
-    assert!(matches!(tx.budgets().reserve(budget, money("1"), no_type).await, Err(Error::InvalidInput { field: "ref_type", .. })));
-    assert!(matches!(tx.budgets().reserve(BudgetId::new(), money("1"), r.clone()).await, Err(Error::NotFound)));
-    assert!(matches!(tx.budgets().get(BudgetId::new()).await, Err(Error::NotFound)));
-    let nameless = NewBudget { name: String::new(), currency: "USD".parse().unwrap(), hard_cap: money("1") };
-    assert!(matches!(tx.budgets().create(nameless).await, Err(Error::InvalidInput { field: "name", .. })));
+    assert!(matches!(
+        tx.budgets().reserve(budget, money("1"), no_type).await,
+        Err(Error::InvalidInput {
+            field: "ref_type",
+            ..
+        })
+    ));
+    assert!(matches!(
+        tx.budgets()
+            .reserve(BudgetId::new(), money("1"), r.clone())
+            .await,
+        Err(Error::NotFound)
+    ));
+    assert!(matches!(
+        tx.budgets().get(BudgetId::new()).await,
+        Err(Error::NotFound)
+    ));
+    let nameless = NewBudget {
+        name: String::new(),
+        currency: "USD".parse().unwrap(),
+        hard_cap: money("1"),
+    };
+    assert!(matches!(
+        tx.budgets().create(nameless).await,
+        Err(Error::InvalidInput { field: "name", .. })
+    ));
     tx.commit().await.unwrap();
 
-    let other = store.platform().create(NewTenant::new("Other", "USD".parse().unwrap())).await.unwrap().id;
+    let other = store
+        .platform()
+        .create(NewTenant::new("Other", "USD".parse().unwrap()))
+        .await
+        .unwrap()
+        .id;
     let mut tx = store.tenant(other).await.unwrap();
-    assert!(matches!(tx.budgets().reserve(budget, money("1"), r).await, Err(Error::NotFound)));
-    assert!(matches!(tx.budgets().get(budget).await, Err(Error::NotFound)));
+    assert!(matches!(
+        tx.budgets().reserve(budget, money("1"), r).await,
+        Err(Error::NotFound)
+    ));
+    assert!(matches!(
+        tx.budgets().get(budget).await,
+        Err(Error::NotFound)
+    ));
     assert!(tx.budgets().verify_ledger().await.unwrap().is_empty());
 }
 
@@ -94,13 +197,23 @@ async fn verify_ledger_finds_a_budget_changed_behind_its_back() {
     let store = db.store();
     let (tenant, budget) = shop(store).await;
     let mut conn = store.raw_connection().await.unwrap();
-    conn.batch_execute(&format!("UPDATE budgets SET reserved = 7 WHERE id = '{budget}'")).await.unwrap();
+    conn.batch_execute(&format!(
+        "UPDATE budgets SET reserved = 7 WHERE id = '{budget}'"
+    ))
+    .await
+    .unwrap();
     drop(conn);
     let mut tx = store.tenant(tenant).await.unwrap();
     let mismatches = tx.budgets().verify_ledger().await.unwrap();
     assert_eq!(mismatches.len(), 1);
     assert_eq!(mismatches[0].budget_id, budget);
-    assert_eq!((mismatches[0].reserved.clone(), mismatches[0].ledger_reserved.clone()), (money("7"), money("0")));
+    assert_eq!(
+        (
+            mismatches[0].reserved.clone(),
+            mismatches[0].ledger_reserved.clone()
+        ),
+        (money("7"), money("0"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

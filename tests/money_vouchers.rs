@@ -15,18 +15,36 @@ fn codes(names: &[&str]) -> Vec<String> {
 async fn import_reports_duplicates_in_the_pool_and_in_the_input() {
     let db = TestDb::new().await;
     let store = db.store();
-    let p = programme(store, Knobs { uses_codes: true, ..Knobs::default() }).await;
+    let p = programme(
+        store,
+        Knobs {
+            uses_codes: true,
+            ..Knobs::default()
+        },
+    )
+    .await;
     let mut tx = store.tenant(p.tenant).await.unwrap();
-    let first = tx.voucher_codes().import(p.reward, &codes(&["A", "B", "C"])).await.unwrap();
+    let first = tx
+        .voucher_codes()
+        .import(p.reward, &codes(&["A", "B", "C"]))
+        .await
+        .unwrap();
     assert_eq!((first.inserted, first.duplicates.len()), (3, 0));
-    let second = tx.voucher_codes().import(p.reward, &codes(&["C", "D", "D", "A", "E"])).await.unwrap();
+    let second = tx
+        .voucher_codes()
+        .import(p.reward, &codes(&["C", "D", "D", "A", "E"]))
+        .await
+        .unwrap();
     assert_eq!(second.inserted, 2);
     let mut dups = second.duplicates.clone();
     dups.sort();
     assert_eq!(dups, ["A", "C", "D"]);
     assert_eq!(
         tx.voucher_codes().counts(p.reward).await.unwrap(),
-        StatusCounts { available: 5, ..StatusCounts::default() }
+        StatusCounts {
+            available: 5,
+            ..StatusCounts::default()
+        }
     );
     tx.commit().await.unwrap();
 }
@@ -35,8 +53,17 @@ async fn import_reports_duplicates_in_the_pool_and_in_the_input() {
 async fn import_takes_more_than_one_chunk_and_refuses_bad_codes_whole() {
     let db = TestDb::new().await;
     let store = db.store();
-    let p = programme(store, Knobs { uses_codes: true, ..Knobs::default() }).await;
-    let many: Vec<String> = (0..IMPORT_CHUNK * 2 + 17).map(|i| format!("BULK-{i}")).collect();
+    let p = programme(
+        store,
+        Knobs {
+            uses_codes: true,
+            ..Knobs::default()
+        },
+    )
+    .await;
+    let many: Vec<String> = (0..IMPORT_CHUNK * 2 + 17)
+        .map(|i| format!("BULK-{i}"))
+        .collect();
     let mut tx = store.tenant(p.tenant).await.unwrap();
     let report = tx.voucher_codes().import(p.reward, &many).await.unwrap();
     assert_eq!(report.inserted as usize, many.len());
@@ -50,7 +77,10 @@ async fn import_takes_more_than_one_chunk_and_refuses_bad_codes_whole() {
         tx.voucher_codes().import(p.reward, &codes(&[""])).await,
         Err(Error::InvalidInput { field: "codes", .. })
     ));
-    assert_eq!(tx.voucher_codes().counts(p.reward).await.unwrap().available as usize, many.len());
+    assert_eq!(
+        tx.voucher_codes().counts(p.reward).await.unwrap().available as usize,
+        many.len()
+    );
     tx.commit().await.unwrap();
 }
 
@@ -58,16 +88,40 @@ async fn import_takes_more_than_one_chunk_and_refuses_bad_codes_whole() {
 async fn reserve_mark_issued_and_invalidate_move_codes_through_their_states() {
     let db = TestDb::new().await;
     let store = db.store();
-    let p = programme(store, Knobs { uses_codes: true, ..Knobs::default() }).await;
+    let p = programme(
+        store,
+        Knobs {
+            uses_codes: true,
+            ..Knobs::default()
+        },
+    )
+    .await;
     let customer = common::customers(store, p.tenant, 1).await[0];
     let mut tx = store.tenant(p.tenant).await.unwrap();
-    tx.voucher_codes().import(p.reward, &codes(&["ONLY", "SPARE"])).await.unwrap();
-    let spare = tx.voucher_codes().find(p.reward, "SPARE").await.unwrap().unwrap();
+    tx.voucher_codes()
+        .import(p.reward, &codes(&["ONLY", "SPARE"]))
+        .await
+        .unwrap();
+    let spare = tx
+        .voucher_codes()
+        .find(p.reward, "SPARE")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(spare.status, VoucherStatus::Available);
     let spare = tx.voucher_codes().invalidate(spare.id).await.unwrap();
     assert_eq!(spare.status, VoucherStatus::Invalid);
-    assert!(tx.voucher_codes().find(p.reward, "NOPE").await.unwrap().is_none());
-    assert!(matches!(tx.voucher_codes().invalidate(spare.id).await, Err(Error::InvalidState { .. })));
+    assert!(
+        tx.voucher_codes()
+            .find(p.reward, "NOPE")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(matches!(
+        tx.voucher_codes().invalidate(spare.id).await,
+        Err(Error::InvalidState { .. })
+    ));
     tx.commit().await.unwrap();
 
     // Issuing claims the code; a second claim finds the pool empty.
@@ -75,16 +129,34 @@ async fn reserve_mark_issued_and_invalidate_move_codes_through_their_states() {
     assert_eq!(issued.voucher_code.as_deref(), Some("ONLY"));
     let mut tx = store.tenant(p.tenant).await.unwrap();
     let code_id = issued.issuance.voucher_code_id.unwrap();
-    assert!(matches!(tx.voucher_codes().reserve(p.reward, IssuanceId::new()).await, Err(Error::NoCodesAvailable)));
+    assert!(matches!(
+        tx.voucher_codes()
+            .reserve(p.reward, IssuanceId::new())
+            .await,
+        Err(Error::NoCodesAvailable)
+    ));
     let delivered = tx.voucher_codes().mark_issued(code_id).await.unwrap();
     assert_eq!(delivered.status, VoucherStatus::Issued);
     assert!(delivered.issued_at.is_some());
-    assert!(matches!(tx.voucher_codes().mark_issued(code_id).await, Err(Error::InvalidState { .. })));
-    assert!(matches!(tx.voucher_codes().invalidate(code_id).await, Err(Error::InvalidState { .. })));
-    assert!(matches!(tx.voucher_codes().mark_issued(VoucherCodeId::new()).await, Err(Error::NotFound)));
+    assert!(matches!(
+        tx.voucher_codes().mark_issued(code_id).await,
+        Err(Error::InvalidState { .. })
+    ));
+    assert!(matches!(
+        tx.voucher_codes().invalidate(code_id).await,
+        Err(Error::InvalidState { .. })
+    ));
+    assert!(matches!(
+        tx.voucher_codes().mark_issued(VoucherCodeId::new()).await,
+        Err(Error::NotFound)
+    ));
     assert_eq!(
         tx.voucher_codes().counts(p.reward).await.unwrap(),
-        StatusCounts { issued: 1, invalid: 1, ..StatusCounts::default() }
+        StatusCounts {
+            issued: 1,
+            invalid: 1,
+            ..StatusCounts::default()
+        }
     );
     tx.commit().await.unwrap();
 }
@@ -93,31 +165,76 @@ async fn reserve_mark_issued_and_invalidate_move_codes_through_their_states() {
 async fn a_code_reserved_for_an_issuance_that_never_appears_cannot_commit() {
     let db = TestDb::new().await;
     let store = db.store();
-    let p = programme(store, Knobs { uses_codes: true, ..Knobs::default() }).await;
+    let p = programme(
+        store,
+        Knobs {
+            uses_codes: true,
+            ..Knobs::default()
+        },
+    )
+    .await;
     let mut tx = store.tenant(p.tenant).await.unwrap();
-    tx.voucher_codes().import(p.reward, &codes(&["A"])).await.unwrap();
+    tx.voucher_codes()
+        .import(p.reward, &codes(&["A"]))
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let mut tx = store.tenant(p.tenant).await.unwrap();
-    let code = tx.voucher_codes().reserve(p.reward, IssuanceId::new()).await.unwrap();
+    let code = tx
+        .voucher_codes()
+        .reserve(p.reward, IssuanceId::new())
+        .await
+        .unwrap();
     assert_eq!(code.status, VoucherStatus::Reserved);
-    assert!(matches!(tx.commit().await, Err(Error::MissingReference { .. })));
+    assert!(matches!(
+        tx.commit().await,
+        Err(Error::MissingReference { .. })
+    ));
     let mut tx = store.tenant(p.tenant).await.unwrap();
-    assert_eq!(tx.voucher_codes().counts(p.reward).await.unwrap().available, 1);
+    assert_eq!(
+        tx.voucher_codes().counts(p.reward).await.unwrap().available,
+        1
+    );
 }
 
 #[tokio::test]
 async fn pools_are_per_tenant() {
     let db = TestDb::new().await;
     let store = db.store();
-    let p = programme(store, Knobs { uses_codes: true, ..Knobs::default() }).await;
-    let other = store.platform().create(NewTenant::new("Other", "USD".parse().unwrap())).await.unwrap().id;
+    let p = programme(
+        store,
+        Knobs {
+            uses_codes: true,
+            ..Knobs::default()
+        },
+    )
+    .await;
+    let other = store
+        .platform()
+        .create(NewTenant::new("Other", "USD".parse().unwrap()))
+        .await
+        .unwrap()
+        .id;
     let mut tx = store.tenant(p.tenant).await.unwrap();
-    tx.voucher_codes().import(p.reward, &codes(&["A"])).await.unwrap();
+    tx.voucher_codes()
+        .import(p.reward, &codes(&["A"]))
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let mut tx = store.tenant(other).await.unwrap();
-    assert_eq!(tx.voucher_codes().counts(p.reward).await.unwrap(), StatusCounts::default());
-    assert!(matches!(tx.voucher_codes().reserve(p.reward, IssuanceId::new()).await, Err(Error::NoCodesAvailable)));
+    assert_eq!(
+        tx.voucher_codes().counts(p.reward).await.unwrap(),
+        StatusCounts::default()
+    );
+    assert!(matches!(
+        tx.voucher_codes()
+            .reserve(p.reward, IssuanceId::new())
+            .await,
+        Err(Error::NoCodesAvailable)
+    ));
     let cross = tx.voucher_codes().import(p.reward, &codes(&["B"])).await;
-    assert!(matches!(cross, Err(Error::MissingReference { .. })), "{cross:?}");
+    assert!(
+        matches!(cross, Err(Error::MissingReference { .. })),
+        "{cross:?}"
+    );
 }
-

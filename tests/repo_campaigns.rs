@@ -494,7 +494,11 @@ async fn rule_issuance_counts_mean_this_rule() {
         .unwrap();
     let budget = tx
         .budgets()
-        .create(NewBudget { name: "B".into(), currency: "USD".parse().unwrap(), hard_cap: 100.into() })
+        .create(NewBudget {
+            name: "B".into(),
+            currency: "USD".parse().unwrap(),
+            hard_cap: 100.into(),
+        })
         .await
         .unwrap()
         .id;

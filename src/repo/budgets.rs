@@ -265,8 +265,13 @@ impl BudgetRepository for Budgets<'_> {
             .execute(self.0.conn())
             .await?;
         if new.hard_cap > BigDecimal::from(0) {
-            self.mv(id, EntryType::Topup, &new.hard_cap, &LedgerRef::new("budget", id))
-                .await?;
+            self.mv(
+                id,
+                EntryType::Topup,
+                &new.hard_cap,
+                &LedgerRef::new("budget", id),
+            )
+            .await?;
         }
         self.get(id).await
     }
@@ -280,8 +285,13 @@ impl BudgetRepository for Budgets<'_> {
     }
 
     async fn top_up(&mut self, id: BudgetId, amount: BigDecimal, ref_id: Uuid) -> Result<Movement> {
-        self.mv(id, EntryType::Topup, &amount, &LedgerRef::new("topup", ref_id))
-            .await
+        self.mv(
+            id,
+            EntryType::Topup,
+            &amount,
+            &LedgerRef::new("topup", ref_id),
+        )
+        .await
     }
 
     async fn reserve(

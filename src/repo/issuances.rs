@@ -292,11 +292,15 @@ impl IssuanceRepository for Issuances<'_> {
         for (_, key) in &batch.recipients {
             validate_key(key)?;
             if !seen.insert(key.as_str()) {
-                return Err(Error::invalid("recipients", format!("key {key:?} appears twice")));
+                return Err(Error::invalid(
+                    "recipients",
+                    format!("key {key:?} appears twice"),
+                ));
             }
         }
         validate_expiry(batch.expires_at)?;
-        let (customers, keys): (Vec<CustomerId>, Vec<String>) = batch.recipients.into_iter().unzip();
+        let (customers, keys): (Vec<CustomerId>, Vec<String>) =
+            batch.recipients.into_iter().unzip();
         let ids: Vec<IssuanceId> = customers.iter().map(|_| IssuanceId::new()).collect();
         let json: Value = diesel::select(issue_reward_batch(
             batch.rule_id,
@@ -364,9 +368,9 @@ impl IssuanceRepository for Issuances<'_> {
             .into_boxed();
         if let Some(after) = page.after {
             query = query.filter(
-                issuances::issued_at
-                    .lt(after.at)
-                    .or(issuances::issued_at.eq(after.at).and(issuances::id.lt(after.id))),
+                issuances::issued_at.lt(after.at).or(issuances::issued_at
+                    .eq(after.at)
+                    .and(issuances::id.lt(after.id))),
             );
         }
         Ok(query.load(self.0.conn()).await?)

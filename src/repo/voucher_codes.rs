@@ -88,8 +88,10 @@ pub trait VoucherCodeRepository {
         issuance_id: IssuanceId,
     ) -> impl Future<Output = Result<VoucherCode>> + Send;
     /// `MarkVoucherCodeIssued`: the customer has received the code.
-    fn mark_issued(&mut self, id: VoucherCodeId)
-    -> impl Future<Output = Result<VoucherCode>> + Send;
+    fn mark_issued(
+        &mut self,
+        id: VoucherCodeId,
+    ) -> impl Future<Output = Result<VoucherCode>> + Send;
     /// Withdraws an available code from the pool.
     fn invalidate(&mut self, id: VoucherCodeId)
     -> impl Future<Output = Result<VoucherCode>> + Send;
@@ -169,12 +171,18 @@ impl VoucherCodeRepository for VoucherCodes<'_> {
             .load(self.0.conn())
             .await?;
             report.inserted += (chunk.len() - duplicates.len()) as u64;
-            report.duplicates.extend(duplicates.into_iter().map(|d| d.code));
+            report
+                .duplicates
+                .extend(duplicates.into_iter().map(|d| d.code));
         }
         Ok(report)
     }
 
-    async fn reserve(&mut self, reward_id: RewardId, issuance_id: IssuanceId) -> Result<VoucherCode> {
+    async fn reserve(
+        &mut self,
+        reward_id: RewardId,
+        issuance_id: IssuanceId,
+    ) -> Result<VoucherCode> {
         let tenant = self.0.tenant_id();
         diesel::sql_query(
             "UPDATE voucher_codes SET status = 'reserved', issuance_id = $3 \

@@ -26,17 +26,32 @@ pub struct Knobs {
 
 impl Default for Knobs {
     fn default() -> Self {
-        Knobs { hard_cap: 1000, cost: "2.50", uses_codes: false, per_customer_limit: None, global_limit: None }
+        Knobs {
+            hard_cap: 1000,
+            cost: "2.50",
+            uses_codes: false,
+            per_customer_limit: None,
+            global_limit: None,
+        }
     }
 }
 
 pub async fn programme(store: &Store, knobs: Knobs) -> Programme {
     let usd: Currency = "USD".parse().unwrap();
-    let tenant = store.platform().create(NewTenant::new("Shop", usd)).await.unwrap().id;
+    let tenant = store
+        .platform()
+        .create(NewTenant::new("Shop", usd))
+        .await
+        .unwrap()
+        .id;
     let mut tx = store.tenant(tenant).await.unwrap();
     let budget = tx
         .budgets()
-        .create(NewBudget { name: "Main".into(), currency: usd, hard_cap: BigDecimal::from(knobs.hard_cap) })
+        .create(NewBudget {
+            name: "Main".into(),
+            currency: usd,
+            hard_cap: BigDecimal::from(knobs.hard_cap),
+        })
         .await
         .unwrap()
         .id;
@@ -55,7 +70,11 @@ pub async fn programme(store: &Store, knobs: Knobs) -> Programme {
         .id;
     let campaign = tx
         .campaigns()
-        .create(NewCampaign { budget_id: Some(budget), status: CampaignStatus::Active, ..NewCampaign::draft("Launch") })
+        .create(NewCampaign {
+            budget_id: Some(budget),
+            status: CampaignStatus::Active,
+            ..NewCampaign::draft("Launch")
+        })
         .await
         .unwrap()
         .id;
@@ -74,14 +93,26 @@ pub async fn programme(store: &Store, knobs: Knobs) -> Programme {
         .unwrap()
         .id;
     tx.commit().await.unwrap();
-    Programme { tenant, budget, reward, campaign, rule }
+    Programme {
+        tenant,
+        budget,
+        reward,
+        campaign,
+        rule,
+    }
 }
 
 pub async fn customers(store: &Store, tenant: TenantId, n: usize) -> Vec<CustomerId> {
     let mut tx = store.tenant(tenant).await.unwrap();
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
-        ids.push(tx.customers().create(NewCustomer::new(format!("+1555{i:07}"))).await.unwrap().id);
+        ids.push(
+            tx.customers()
+                .create(NewCustomer::new(format!("+1555{i:07}")))
+                .await
+                .unwrap()
+                .id,
+        );
     }
     tx.commit().await.unwrap();
     ids
@@ -95,11 +126,21 @@ pub async fn import_codes(store: &Store, p: &Programme, n: usize) {
 }
 
 pub fn issue_to(p: &Programme, customer: CustomerId, key: &str) -> NewIssuance {
-    NewIssuance { rule_id: p.rule, customer_id: customer, idempotency_key: key.into(), expires_at: None }
+    NewIssuance {
+        rule_id: p.rule,
+        customer_id: customer,
+        idempotency_key: key.into(),
+        expires_at: None,
+    }
 }
 
 /// Issues in a guard of its own, as a service would.
-pub async fn issue(store: &Store, p: &Programme, customer: CustomerId, key: &str) -> Result<loyalty_store::repo::issuances::Issued> {
+pub async fn issue(
+    store: &Store,
+    p: &Programme,
+    customer: CustomerId,
+    key: &str,
+) -> Result<loyalty_store::repo::issuances::Issued> {
     let mut tx = store.tenant(p.tenant).await?;
     let issued = tx.issuances().issue(issue_to(p, customer, key)).await?;
     tx.commit().await?;
