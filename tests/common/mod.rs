@@ -8,6 +8,7 @@ use loyalty_store::prelude::*;
 use loyalty_store::repo::budgets::Budget;
 use serde_json::json;
 
+#[derive(Clone, Copy)]
 pub struct Programme {
     pub tenant: TenantId,
     pub budget: BudgetId,

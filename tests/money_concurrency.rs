@@ -1,0 +1,304 @@
+//! Concurrency proofs: many tasks on one pool racing for the same budget,
+//! codes, limits and idempotency keys.
+
+mod common;
+
+use std::collections::HashSet;
+
+use chrono::{Duration, Utc};
+use common::{
+    Knobs, assert_books_balance, budget, customers, import_codes, issue, money, programme,
+};
+use loyalty_store::prelude::*;
+use loyalty_store::testing::TestDb;
+use loyalty_store::{Config, LimitScope};
+
+const TASKS: usize = 32;
+
+async fn racing_store(db: &TestDb) -> Store {
+    Store::connect(
+        Config::from_url(db.url())
+            .unwrap()
+            .with_pool_size(TASKS as u32),
+    )
+    .await
+    .unwrap()
+}
+
+/// Runs `TASKS` issuances at once; task `n` issues to `customer(n)` under key `key(n)`.
+async fn race(
+    store: &Store,
+    p: &common::Programme,
+    customer: impl Fn(usize) -> CustomerId,
+    key: impl Fn(usize) -> String,
+) -> Vec<Result<loyalty_store::repo::issuances::Issued>> {
+    let programme = std::sync::Arc::new(*p);
+    let mut tasks = Vec::new();
+    for n in 0..TASKS {
+        let (store, programme, customer, key) =
+            (store.clone(), programme.clone(), customer(n), key(n));
+        tasks.push(tokio::spawn(async move {
+            issue(&store, &programme, customer, &key).await
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.unwrap());
+    }
+    outcomes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_budget_for_k_issuances_grants_exactly_k() {
+    let db = TestDb::new().await;
+    let store = racing_store(&db).await;
+    const K: usize = 7;
+    let p = programme(
+        &store,
+        Knobs {
+            hard_cap: 7,
+            cost: "1",
+            ..Knobs::default()
+        },
+    )
+    .await;
+    let people = customers(&store, p.tenant, TASKS).await;
+    let outcomes = race(&store, &p, |n| people[n], |n| format!("k{n}")).await;
+    let granted = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert_eq!(granted, K);
+    assert!(
+        outcomes
+            .iter()
+            .filter(|o| o.is_err())
+            .all(|o| matches!(o, Err(Error::BudgetExhausted)))
+    );
+    let b = budget(&store, &p).await;
+    assert_eq!((b.reserved, b.spent), (money("7"), money("0")));
+    assert_books_balance(&store, p.tenant).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_of_c_codes_hands_each_out_once() {
+    let db = TestDb::new().await;
+    let store = racing_store(&db).await;
+    const C: usize = 9;
+    let p = programme(
+        &store,
+        Knobs {
+            uses_codes: true,
+            ..Knobs::default()
+        },
+    )
+    .await;
+    import_codes(&store, &p, C).await;
+    let people = customers(&store, p.tenant, TASKS).await;
+    let outcomes = race(&store, &p, |n| people[n], |n| format!("k{n}")).await;
+    let codes: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| o.as_ref().ok())
+        .map(|i| i.voucher_code.clone().unwrap())
+        .collect();
+    assert_eq!(codes.len(), C);
+    assert_eq!(
+        codes.iter().collect::<HashSet<_>>().len(),
+        C,
+        "no code issued twice"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .filter(|o| o.is_err())
+            .all(|o| matches!(o, Err(Error::NoCodesAvailable)))
+    );
+    assert_books_balance(&store, p.tenant).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_customer_limits_hold_under_contention() {
+    let db = TestDb::new().await;
+    let store = racing_store(&db).await;
+    let p = programme(
+        &store,
+        Knobs {
+            per_customer_limit: Some(2),
+            ..Knobs::default()
+        },
+    )
+    .await;
+    let ada = customers(&store, p.tenant, 1).await[0];
+    let outcomes = race(&store, &p, |_| ada, |n| format!("k{n}")).await;
+    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 2);
+    assert!(outcomes.iter().filter(|o| o.is_err()).all(|o| matches!(
+        o,
+        Err(Error::LimitReached {
+            scope: LimitScope::Customer
+        })
+    )));
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    assert_eq!(
+        tx.rules()
+            .customer_issuance_count(p.rule, ada)
+            .await
+            .unwrap(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn global_limits_hold_under_contention() {
+    let db = TestDb::new().await;
+    let store = racing_store(&db).await;
+    let p = programme(
+        &store,
+        Knobs {
+            global_limit: Some(5),
+            ..Knobs::default()
+        },
+    )
+    .await;
+    let people = customers(&store, p.tenant, TASKS).await;
+    let outcomes = race(&store, &p, |n| people[n], |n| format!("k{n}")).await;
+    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 5);
+    assert!(outcomes.iter().filter(|o| o.is_err()).all(|o| matches!(
+        o,
+        Err(Error::LimitReached {
+            scope: LimitScope::Global
+        })
+    )));
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    assert_eq!(
+        tx.rules()
+            .issuance_count(p.rule, Utc::now() - Duration::hours(1))
+            .await
+            .unwrap(),
+        5
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_idempotency_key_from_16_tasks_issues_once() {
+    let db = TestDb::new().await;
+    let store = racing_store(&db).await;
+    let p = programme(
+        &store,
+        Knobs {
+            uses_codes: true,
+            per_customer_limit: Some(1),
+            ..Knobs::default()
+        },
+    )
+    .await;
+    import_codes(&store, &p, 20).await;
+    let ada = customers(&store, p.tenant, 1).await[0];
+    let programme = std::sync::Arc::new(p);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (store, programme) = (store.clone(), programme.clone());
+        tasks.push(tokio::spawn(async move {
+            issue(&store, &programme, ada, "the-key").await.unwrap()
+        }));
+    }
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    assert_eq!(answers.iter().filter(|a| !a.replayed).count(), 1);
+    assert!(answers.iter().all(|a| a.issuance == answers[0].issuance && a.voucher_code == answers[0].voucher_code));
+    assert_eq!(budget(&store, &programme).await.reserved, money("2.50"));
+    let mut tx = store.tenant(programme.tenant).await.unwrap();
+    assert_eq!(
+        tx.voucher_codes()
+            .counts(programme.reward)
+            .await
+            .unwrap()
+            .reserved,
+        1
+    );
+    drop(tx);
+    assert_books_balance(&store, programme.tenant).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_random_mix_keeps_the_books_balanced() {
+    let db = TestDb::new().await;
+    let store = racing_store(&db).await;
+    let p = programme(
+        &store,
+        Knobs {
+            hard_cap: 60,
+            uses_codes: true,
+            per_customer_limit: Some(3),
+            ..Knobs::default()
+        },
+    )
+    .await;
+    import_codes(&store, &p, 40).await;
+    let people = std::sync::Arc::new(customers(&store, p.tenant, 8).await);
+    let programme = std::sync::Arc::new(p);
+    let mut tasks = Vec::new();
+    for worker in 0..TASKS as u64 {
+        let (store, programme, people) = (store.clone(), programme.clone(), people.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut seed = worker.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut next = move |n: u64| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed % n
+            };
+            let mut mine = Vec::new();
+            for step in 0..25 {
+                let mut tx = store.tenant(programme.tenant).await.unwrap();
+                let outcome = match next(4) {
+                    0 | 1 => {
+                        let customer = people[next(people.len() as u64) as usize];
+                        let expires_at =
+                            (next(2) == 0).then(|| Utc::now() + Duration::milliseconds(300));
+                        let new = NewIssuance {
+                            rule_id: programme.rule,
+                            customer_id: customer,
+                            idempotency_key: format!("w{worker}-s{step}"),
+                            expires_at,
+                        };
+                        tx.issuances()
+                            .issue(new)
+                            .await
+                            .map(|i| mine.push(i.issuance.id))
+                    }
+                    2 if !mine.is_empty() => {
+                        let id = mine[next(mine.len() as u64) as usize];
+                        if next(2) == 0 {
+                            tx.issuances().redeem(id).await.map(drop)
+                        } else {
+                            tx.issuances().cancel(id).await.map(drop)
+                        }
+                    }
+                    _ => tx.issuances().expire_due(Utc::now(), 5).await.map(drop),
+                };
+                match outcome {
+                    Ok(()) => tx.commit().await.unwrap(),
+                    Err(
+                        Error::BudgetExhausted
+                        | Error::NoCodesAvailable
+                        | Error::LimitReached { .. }
+                        | Error::InvalidState { .. },
+                    ) => {}
+                    Err(e) => panic!("unexpected: {e:?}"),
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let b = budget(&store, &programme).await;
+    assert!(&b.reserved + &b.spent <= b.hard_cap, "{b:?}");
+    assert!(b.reserved >= money("0") && b.spent >= money("0"));
+    assert_books_balance(&store, programme.tenant).await;
+    let mut tx = store.tenant(programme.tenant).await.unwrap();
+    let codes = tx.voucher_codes().counts(programme.reward).await.unwrap();
+    assert_eq!(
+        codes.available + codes.reserved + codes.issued + codes.invalid,
+        40
+    );
+}
