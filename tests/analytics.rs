@@ -68,20 +68,25 @@ async fn world(store: &Store) -> World {
         .await
         .unwrap()
         .id;
-    let rule = tx
-        .rules()
-        .create(NewRule {
-            campaign_id: campaign,
-            name: "r".into(),
-            event_type: "purchase".into(),
-            conditions: json!({}),
-            reward_id: coffee,
-            per_customer_limit: None,
-            global_limit: None,
-        })
-        .await
-        .unwrap()
-        .id;
+    // An issuance names its rule's reward, so each reward gets a rule.
+    let mut rule_for = std::collections::HashMap::new();
+    for reward_id in [coffee, cake] {
+        let rule = tx
+            .rules()
+            .create(NewRule {
+                campaign_id: campaign,
+                name: "r".into(),
+                event_type: "purchase".into(),
+                conditions: json!({}),
+                reward_id,
+                per_customer_limit: None,
+                global_limit: None,
+            })
+            .await
+            .unwrap()
+            .id;
+        rule_for.insert(reward_id, rule);
+    }
     let mut customers = Vec::new();
     for (n, status) in [
         CustomerStatus::Active,
@@ -116,8 +121,9 @@ async fn world(store: &Store) -> World {
         sql += &format!(
             "INSERT INTO issuances (tenant_id, campaign_id, rule_id, customer_id, reward_id, budget_id, \
              status, cost_amount, currency, idempotency_key, issued_at, redeemed_at) VALUES ('{tenant}', \
-             '{campaign}', '{rule}', '{}', '{reward}', '{budget}', '{status}', {cost}, 'USD', 'k{n}', \
+             '{campaign}', '{}', '{}', '{reward}', '{budget}', '{status}', {cost}, 'USD', 'k{n}', \
              now() - interval '{hours_ago} hours', {redeemed_at});",
+            rule_for[&reward],
             customers[n % 2]
         );
     }

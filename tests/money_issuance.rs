@@ -491,6 +491,14 @@ async fn batch_issues_everything_or_nothing() {
         })
         .collect();
     assert_eq!(codes.len(), 5, "every recipient got a different code");
+    let first_id = match &done.items[0].outcome {
+        BatchOutcome::Issued(issued) => issued.issuance_id,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        tx.issuances().get(first_id).await.unwrap().customer_id,
+        people[1]
+    );
     tx.commit().await.unwrap();
 
     // Replaying the same batch changes nothing.

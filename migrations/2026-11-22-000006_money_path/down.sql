@@ -3,6 +3,7 @@ DROP FUNCTION cancel_issuance(uuid);
 DROP FUNCTION end_issuances(uuid[], text);
 DROP FUNCTION redeem_issuance(uuid);
 DROP FUNCTION issue_reward_batch(uuid, uuid[], text[], uuid[], timestamptz);
+DROP FUNCTION batch_answer(boolean, jsonb);
 DROP FUNCTION issue_reward(uuid, uuid, uuid, text, timestamptz);
 DROP FUNCTION customer_limit_lock(uuid, uuid);
 DROP FUNCTION issuance_context(uuid);
@@ -38,6 +39,10 @@ DROP FUNCTION move_budget(uuid, text, numeric, text, uuid);
 DROP FUNCTION loyalty_refuse(text, text);
 DROP INDEX ledger_entries_settled_once;
 DROP INDEX voucher_codes_issuance_idx;
+ALTER TABLE rules RESET (fillfactor);
+ALTER TABLE budgets RESET (fillfactor);
+DROP TRIGGER rules_recount_on_new_limit ON rules;
+DROP FUNCTION recount_rule_issuances();
 DROP TRIGGER rules_set_timestamps ON rules;
 CREATE TRIGGER rules_set_timestamps BEFORE UPDATE ON rules
     FOR EACH ROW EXECUTE FUNCTION set_timestamps();

@@ -116,14 +116,22 @@ impl NewBatch {
 /// Most recipients in one [`IssuanceRepository::issue_batch`] call.
 pub const MAX_BATCH: usize = 10_000;
 
+/// A recipient's issuance in a [`BatchReport`]; fetch the full row with
+/// [`IssuanceRepository::get`] if needed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchIssuance {
+    pub issuance_id: IssuanceId,
+    pub voucher_code: Option<String>,
+}
+
 /// What happened, or would have happened, for one recipient of a batch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", content = "issuance", rename_all = "snake_case")]
 pub enum BatchOutcome {
     /// Issued by this call.
-    Issued(Box<Issued>),
+    Issued(BatchIssuance),
     /// Issued earlier under the same key; nothing new.
-    Replayed(Box<Issued>),
+    Replayed(BatchIssuance),
     /// Would have been issued, but another recipient was refused, so the
     /// batch wrote nothing.
     Held,
@@ -134,14 +142,14 @@ pub enum BatchOutcome {
 }
 
 /// One recipient's line in a [`BatchReport`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchItem {
     pub customer_id: CustomerId,
     pub outcome: BatchOutcome,
 }
 
 /// What [`IssuanceRepository::issue_batch`] did: everything or nothing.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchReport {
     /// False when any recipient was refused; then nothing was written.
     pub applied: bool,
@@ -240,15 +248,20 @@ struct RawBatch {
 struct RawItem {
     customer_id: CustomerId,
     verdict: String,
-    issuance: Option<Issued>,
+    issuance_id: Option<IssuanceId>,
+    voucher_code: Option<String>,
 }
 
 impl RawItem {
     fn into_item(self, applied: bool) -> Result<BatchItem> {
-        let outcome = match (self.verdict.as_str(), self.issuance) {
-            ("issue", Some(issued)) if applied => BatchOutcome::Issued(Box::new(issued)),
+        let issuance = self.issuance_id.map(|issuance_id| BatchIssuance {
+            issuance_id,
+            voucher_code: self.voucher_code,
+        });
+        let outcome = match (self.verdict.as_str(), issuance) {
+            ("issue", Some(issued)) if applied => BatchOutcome::Issued(issued),
             ("issue", _) => BatchOutcome::Held,
-            ("replayed", Some(issued)) => BatchOutcome::Replayed(Box::new(issued)),
+            ("replayed", Some(issued)) => BatchOutcome::Replayed(issued),
             ("customer_not_found", _) => BatchOutcome::CustomerNotFound,
             ("customer_inactive", _) => BatchOutcome::CustomerInactive,
             ("customer_limit_reached", _) => BatchOutcome::LimitReached,

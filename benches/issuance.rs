@@ -1,0 +1,421 @@
+//! The money path's speed next to raw SQL on the same schema, in one run:
+//!
+//! 1. single issuances through the crate and through pgbench running
+//!    benches/sql/issue.sql (the same function, the same three round trips),
+//!    all on one shared budget, at 1, 8 and 32 workers;
+//! 2. `issue_batch` issuances per second;
+//! 3. voucher-code import: the crate (UNNEST in chunks, duplicate report
+//!    included), binary COPY over tokio-postgres into a staging table, and
+//!    `psql \copy` of the same file straight into the table.
+//!
+//! `cargo bench --bench issuance`; `BENCH_SECONDS` (default 5) and
+//! `BENCH_CODES` (default 1,000,000) size the runs.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bigdecimal::BigDecimal;
+use diesel::prelude::*;
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use futures_util::pin_mut;
+use loyalty_store::prelude::*;
+use loyalty_store::schema::customers;
+use loyalty_store::testing::{TestDb, pg_tool};
+use serde_json::json;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+
+const CUSTOMERS: usize = 1000;
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/sql/issue.sql");
+
+struct Setup {
+    tenant: TenantId,
+    rule: RuleId,
+    customers: Vec<CustomerId>,
+}
+
+async fn setup(store: &Store) -> Setup {
+    let usd: Currency = "USD".parse().unwrap();
+    let tenant = store
+        .platform()
+        .create(NewTenant::new("Bench", usd))
+        .await
+        .unwrap()
+        .id;
+    let mut tx = store.tenant(tenant).await.unwrap();
+    let budget = tx
+        .budgets()
+        .create(NewBudget {
+            name: "Shared".into(),
+            currency: usd,
+            hard_cap: BigDecimal::from(10_i64.pow(12)),
+        })
+        .await
+        .unwrap()
+        .id;
+    let reward = tx
+        .rewards()
+        .create(NewReward {
+            name: "Coffee".into(),
+            description: None,
+            reward_type: RewardType::Voucher,
+            cost_amount: BigDecimal::from(1),
+            currency: usd,
+            uses_codes: false,
+        })
+        .await
+        .unwrap()
+        .id;
+    let campaign = tx
+        .campaigns()
+        .create(NewCampaign {
+            budget_id: Some(budget),
+            status: CampaignStatus::Active,
+            ..NewCampaign::draft("Bench")
+        })
+        .await
+        .unwrap()
+        .id;
+    let rule = tx
+        .rules()
+        .create(NewRule {
+            campaign_id: campaign,
+            name: "Any purchase".into(),
+            event_type: "purchase".into(),
+            conditions: json!({}),
+            reward_id: reward,
+            per_customer_limit: None,
+            global_limit: None,
+        })
+        .await
+        .unwrap()
+        .id;
+    // Ids pgbench can compute: md5(n)::uuid.
+    tx.conn()
+        .batch_execute(&format!(
+            "INSERT INTO customers (tenant_id, id, phone_e164) \
+             SELECT '{tenant}', md5(g::text)::uuid, '+1555' || lpad(g::text, 7, '0') \
+               FROM generate_series(1, {CUSTOMERS}) g"
+        ))
+        .await
+        .unwrap();
+    let customers: Vec<CustomerId> = customers::table
+        .select(customers::id)
+        .order(customers::phone_e164)
+        .load(tx.conn())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    Setup {
+        tenant,
+        rule,
+        customers,
+    }
+}
+
+struct Measured {
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn summarize(mut latencies: Vec<Duration>, run: Duration) -> Measured {
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    Measured {
+        per_second: latencies.len() as f64 / run.as_secs_f64(),
+        p50: at(0.5),
+        p99: at(0.99),
+    }
+}
+
+async fn crate_issuances(store: &Store, s: &Setup, workers: usize, run: Duration) -> Measured {
+    let mut tasks = Vec::new();
+    for worker in 0..workers {
+        let (store, tenant, rule, customers) =
+            (store.clone(), s.tenant, s.rule, s.customers.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let end = Instant::now() + run;
+            let mut n = worker;
+            while Instant::now() < end {
+                n = (n * 7919 + 13) % customers.len();
+                let started = Instant::now();
+                let mut tx = store.tenant(tenant).await.unwrap();
+                let new = NewIssuance {
+                    rule_id: rule,
+                    customer_id: customers[n],
+                    idempotency_key: uuid::Uuid::new_v4().to_string(),
+                    expires_at: None,
+                };
+                tx.issuances().issue(new).await.unwrap();
+                tx.commit().await.unwrap();
+                latencies.push(started.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    summarize(all, run)
+}
+
+fn pgbench_issuances(db: &TestDb, s: &Setup, clients: usize, run: Duration) -> Measured {
+    let logs = tempfile::tempdir().unwrap();
+    let prefix = logs.path().join("tx");
+    let out = Command::new(pg_tool("pgbench"))
+        .args([
+            "-n",
+            "-M",
+            "simple",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+        ])
+        .args([
+            "-T",
+            &run.as_secs().to_string(),
+            "-f",
+            SCRIPT,
+            "-l",
+            "--log-prefix",
+        ])
+        .arg(&prefix)
+        .args([
+            "-D",
+            &format!("tenant={}", s.tenant),
+            "-D",
+            &format!("rule={}", s.rule),
+            db.url(),
+        ])
+        .output()
+        .expect("running pgbench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pgbench failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Per-transaction log lines: client, transaction, latency in µs, ...
+    let mut latencies = Vec::new();
+    for entry in std::fs::read_dir(logs.path()).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        latencies.extend(text.lines().filter_map(|line| {
+            line.split_whitespace()
+                .nth(2)?
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_micros)
+        }));
+    }
+    summarize(latencies, run)
+}
+
+async fn batch_issuances(store: &Store, s: &Setup, batches: usize) -> f64 {
+    let started = Instant::now();
+    for b in 0..batches {
+        let mut tx = store.tenant(s.tenant).await.unwrap();
+        let report = tx
+            .issuances()
+            .issue_batch(NewBatch::for_customers(
+                s.rule,
+                &s.customers,
+                &format!("batch-{b}"),
+            ))
+            .await
+            .unwrap();
+        assert!(report.applied);
+        tx.commit().await.unwrap();
+    }
+    (batches * s.customers.len()) as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn fresh_reward(store: &Store, tenant: TenantId, name: &str) -> RewardId {
+    let mut tx = store.tenant(tenant).await.unwrap();
+    let reward = tx
+        .rewards()
+        .create(NewReward {
+            name: name.into(),
+            description: None,
+            reward_type: RewardType::Voucher,
+            cost_amount: BigDecimal::from(1),
+            currency: "USD".parse().unwrap(),
+            uses_codes: true,
+        })
+        .await
+        .unwrap()
+        .id;
+    tx.commit().await.unwrap();
+    reward
+}
+
+async fn import_with_crate(
+    store: &Store,
+    tenant: TenantId,
+    reward: RewardId,
+    codes: &[String],
+) -> Duration {
+    let started = Instant::now();
+    let mut tx = store.tenant(tenant).await.unwrap();
+    let report = tx.voucher_codes().import(reward, codes).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(report.inserted as usize, codes.len());
+    started.elapsed()
+}
+
+async fn import_with_binary_copy(
+    url: &str,
+    tenant: TenantId,
+    reward: RewardId,
+    codes: &[String],
+) -> Duration {
+    let started = Instant::now();
+    let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let tx = client.transaction().await.unwrap();
+    tx.batch_execute(&format!(
+        "SELECT set_config('role', 'loyalty_app', true), set_config('app.tenant_id', '{tenant}', true); \
+         CREATE TEMP TABLE staged_codes (code text) ON COMMIT DROP"
+    ))
+    .await
+    .unwrap();
+    let sink = tx
+        .copy_in("COPY staged_codes (code) FROM STDIN (FORMAT binary)")
+        .await
+        .unwrap();
+    let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT]);
+    pin_mut!(writer);
+    for code in codes {
+        writer.as_mut().write(&[code]).await.unwrap();
+    }
+    writer.finish().await.unwrap();
+    let duplicates = tx
+        .query(
+            "WITH added AS ( \
+               INSERT INTO voucher_codes (tenant_id, id, reward_id, code) \
+               SELECT $1, gen_random_uuid(), $2, code FROM staged_codes \
+               ON CONFLICT (tenant_id, reward_id, code) DO NOTHING RETURNING code) \
+             SELECT code FROM staged_codes EXCEPT ALL SELECT code FROM added",
+            &[&tenant.0, &reward.0],
+        )
+        .await
+        .unwrap();
+    assert!(duplicates.is_empty());
+    tx.commit().await.unwrap();
+    started.elapsed()
+}
+
+fn import_with_psql_copy(url: &str, file: &Path) -> Duration {
+    let started = Instant::now();
+    let out = Command::new(pg_tool("psql"))
+        .args([url, "-v", "ON_ERROR_STOP=1", "-qc"])
+        .arg(format!(
+            "\\copy voucher_codes (tenant_id, reward_id, code) FROM '{}' (FORMAT csv)",
+            file.display()
+        ))
+        .output()
+        .expect("running psql");
+    assert!(
+        out.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    started.elapsed()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let run = Duration::from_secs(env("BENCH_SECONDS", 5));
+    let code_count = env("BENCH_CODES", 1_000_000) as usize;
+    let db = TestDb::new().await;
+    let store = Store::connect(Config::from_url(db.url()).unwrap().with_pool_size(32))
+        .await
+        .unwrap();
+    let s = setup(&store).await;
+
+    println!(
+        "single issuance, one shared budget, {}s per run",
+        run.as_secs()
+    );
+    println!("| path | workers | issuances/s | p50 ms | p99 ms | crate / pgbench |");
+    println!("|---|---|---|---|---|---|");
+    for workers in [1, 8, 32] {
+        let floor = pgbench_issuances(&db, &s, workers, run);
+        let sized = Store::connect(
+            Config::from_url(db.url())
+                .unwrap()
+                .with_pool_size(workers as u32),
+        )
+        .await
+        .unwrap();
+        crate_issuances(&sized, &s, workers, Duration::from_millis(300)).await;
+        let ours = crate_issuances(&sized, &s, workers, run).await;
+        println!(
+            "| pgbench, benches/sql/issue.sql | {workers} | {:.0} | {} | {} | |",
+            floor.per_second,
+            ms(floor.p50),
+            ms(floor.p99)
+        );
+        println!(
+            "| crate, `tx.issuances().issue()` | {workers} | {:.0} | {} | {} | {:.0}% |",
+            ours.per_second,
+            ms(ours.p50),
+            ms(ours.p99),
+            100.0 * ours.per_second / floor.per_second
+        );
+    }
+
+    let batched = batch_issuances(&store, &s, 20).await;
+    println!();
+    println!("issue_batch: {batched:.0} issuances/s ({CUSTOMERS} customers per call, 20 calls)");
+
+    let codes: Vec<String> = (0..code_count).map(|i| format!("BENCH-{i:09}")).collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let copy_reward = fresh_reward(&store, s.tenant, "psql copy").await;
+    let csv: String = codes
+        .iter()
+        .map(|c| format!("{},{copy_reward},{c}\n", s.tenant))
+        .collect();
+    std::fs::write(file.path(), csv).unwrap();
+    // psql runs as another process: make the file readable to it.
+    let psql_time = import_with_psql_copy(db.url(), file.path());
+    let unnest_reward = fresh_reward(&store, s.tenant, "unnest").await;
+    let unnest_time = import_with_crate(&store, s.tenant, unnest_reward, &codes).await;
+    let binary_reward = fresh_reward(&store, s.tenant, "binary copy").await;
+    let binary_time = import_with_binary_copy(db.url(), s.tenant, binary_reward, &codes).await;
+    let rate = |d: Duration| code_count as f64 / d.as_secs_f64();
+    println!();
+    println!("voucher-code import, {code_count} codes");
+    println!("| path | rows/s | vs psql \\copy |");
+    println!("|---|---|---|");
+    println!(
+        "| psql \\copy (no duplicate report; stops at the first) | {:.0} | 100% |",
+        rate(psql_time)
+    );
+    println!(
+        "| crate import: UNNEST chunks + duplicate report | {:.0} | {:.0}% |",
+        rate(unnest_time),
+        100.0 * psql_time.as_secs_f64() / unnest_time.as_secs_f64()
+    );
+    println!(
+        "| binary COPY to staging + insert + duplicate report | {:.0} | {:.0}% |",
+        rate(binary_time),
+        100.0 * psql_time.as_secs_f64() / binary_time.as_secs_f64()
+    );
+}
