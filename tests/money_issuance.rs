@@ -630,3 +630,33 @@ async fn another_tenant_cannot_issue_redeem_or_see_issuances() {
         0
     );
 }
+
+#[tokio::test]
+async fn a_global_limit_added_later_counts_what_was_issued() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let p = programme(store, Knobs::default()).await;
+    let people = customers(store, p.tenant, 5).await;
+    for (n, c) in people.iter().take(3).enumerate() {
+        issue(store, &p, *c, &format!("k{n}")).await.unwrap();
+    }
+    let mut conn = store.raw_connection().await.unwrap();
+    conn.batch_execute(&format!(
+        "UPDATE rules SET global_limit = 4 WHERE id = '{}'",
+        p.rule
+    ))
+    .await
+    .unwrap();
+    drop(conn);
+    issue(store, &p, people[3], "k3").await.unwrap();
+    let fifth = issue(store, &p, people[4], "k4").await;
+    assert!(
+        matches!(
+            fifth,
+            Err(Error::LimitReached {
+                scope: LimitScope::Global
+            })
+        ),
+        "{fifth:?}"
+    );
+}

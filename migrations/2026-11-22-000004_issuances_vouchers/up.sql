@@ -33,7 +33,6 @@ CREATE INDEX issuances_status_expires_idx ON issuances (tenant_id, status, expir
 CREATE INDEX issuances_rule_customer_idx ON issuances (tenant_id, rule_id, customer_id);
 CREATE INDEX issuances_customer_issued_idx ON issuances (tenant_id, customer_id, issued_at DESC, id);
 CREATE INDEX issuances_issued_idx ON issuances (tenant_id, issued_at DESC, id);
-CREATE INDEX issuances_campaign_idx ON issuances (tenant_id, campaign_id, issued_at);
 CREATE INDEX issuances_reward_idx ON issuances (tenant_id, reward_id, issued_at);
 CREATE TRIGGER issuances_set_timestamps BEFORE UPDATE ON issuances
     FOR EACH ROW EXECUTE FUNCTION set_timestamps();

@@ -47,6 +47,5 @@ DROP TRIGGER rules_set_timestamps ON rules;
 CREATE TRIGGER rules_set_timestamps BEFORE UPDATE ON rules
     FOR EACH ROW EXECUTE FUNCTION set_timestamps();
 ALTER TABLE rules DROP COLUMN issued_count;
-DROP INDEX issuances_budget_idx;
 ALTER TABLE issuances DROP CONSTRAINT issuances_tenant_id_budget_id_fkey;
 ALTER TABLE issuances DROP COLUMN budget_id;

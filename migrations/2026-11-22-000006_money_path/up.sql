@@ -9,7 +9,6 @@
 ALTER TABLE issuances ADD COLUMN budget_id uuid NOT NULL;
 ALTER TABLE issuances ADD CONSTRAINT issuances_tenant_id_budget_id_fkey
     FOREIGN KEY (tenant_id, budget_id) REFERENCES budgets (tenant_id, id);
-CREATE INDEX issuances_budget_idx ON issuances (tenant_id, budget_id);
 
 -- Non-cancelled issuances of a rule that has a global limit, kept by the
 -- functions below, so the limit is one conditional UPDATE instead of a count.
@@ -365,7 +364,8 @@ BEGIN
     ), prior AS (
         SELECT customer_id, count(*) AS issued
           FROM issuances
-         WHERE tenant_id = t AND rule_id = p_rule_id AND customer_id = ANY (p_customer_ids)
+         WHERE r.per_customer_limit IS NOT NULL
+           AND tenant_id = t AND rule_id = p_rule_id AND customer_id = ANY (p_customer_ids)
            AND status <> 'cancelled'
          GROUP BY customer_id
     ), judged AS (
@@ -395,47 +395,47 @@ BEGIN
         RETURN batch_answer(NOT refused, items);
     END IF;
 
-    CREATE TEMP TABLE IF NOT EXISTS pg_temp.batch_new (n bigint, customer_id uuid, idempotency_key text,
-                                                       id uuid, code_id uuid) ON COMMIT DROP;
-    TRUNCATE pg_temp.batch_new;
-    INSERT INTO pg_temp.batch_new (n, customer_id, idempotency_key, id)
-    SELECT x.n, x.customer_id, x.idempotency_key, x.id
-      FROM unnest(p_customer_ids, p_idempotency_keys, p_ids) WITH ORDINALITY
-           AS x(customer_id, idempotency_key, id, n)
-      JOIN jsonb_to_recordset(items) AS j(n bigint, verdict text) ON j.n = x.n
-     WHERE j.verdict = 'issue';
-
-    IF r.uses_codes THEN
-        WITH free AS (
-            SELECT id FROM voucher_codes
-             WHERE tenant_id = t AND reward_id = r.reward_id AND status = 'available'
-             LIMIT wanted FOR UPDATE SKIP LOCKED
-        ), numbered_codes AS (
-            SELECT id, row_number() OVER () AS k FROM free
-        ), numbered_items AS (
-            SELECT n, row_number() OVER (ORDER BY n) AS k FROM pg_temp.batch_new
-        )
-        UPDATE pg_temp.batch_new b SET code_id = nc.id
-          FROM numbered_items ni JOIN numbered_codes nc USING (k)
-         WHERE b.n = ni.n;
-        GET DIAGNOSTICS claimed = ROW_COUNT;
-        IF claimed < wanted THEN
-            PERFORM loyalty_refuse('no_codes_available',
-                format('%s voucher codes needed for reward %s, %s free', wanted, r.reward_id, claimed));
-        END IF;
-        UPDATE voucher_codes v SET status = 'reserved', issuance_id = b.id
-          FROM pg_temp.batch_new b
-         WHERE v.tenant_id = t AND v.id = b.code_id;
+    -- Codes, issuances and ledger entries in one statement; the issuances'
+    -- idempotency keys were checked above, so every row must go in.
+    WITH fresh AS (
+        SELECT x.n, x.customer_id, x.idempotency_key, x.id, row_number() OVER (ORDER BY x.n) AS k
+          FROM unnest(p_customer_ids, p_idempotency_keys, p_ids) WITH ORDINALITY
+               AS x(customer_id, idempotency_key, id, n)
+          JOIN jsonb_to_recordset(items) AS j(n bigint, verdict text) ON j.n = x.n
+         WHERE j.verdict = 'issue'
+    ), free AS (
+        SELECT id FROM voucher_codes
+         WHERE r.uses_codes AND tenant_id = t AND reward_id = r.reward_id AND status = 'available'
+         LIMIT wanted
+           FOR UPDATE SKIP LOCKED
+    ), paired AS (
+        SELECT fresh.*, codes.id AS code_id
+          FROM fresh
+          LEFT JOIN (SELECT id, row_number() OVER () AS k FROM free) codes USING (k)
+    ), claimed AS (
+        UPDATE voucher_codes v SET status = 'reserved', issuance_id = paired.id
+          FROM paired
+         WHERE v.tenant_id = t AND v.id = paired.code_id
+        RETURNING v.id
+    ), added AS (
+        INSERT INTO issuances (tenant_id, id, campaign_id, rule_id, customer_id, reward_id, budget_id,
+                               voucher_code_id, status, cost_amount, currency, idempotency_key, expires_at)
+        SELECT t, id, r.campaign_id, p_rule_id, customer_id, r.reward_id, r.budget_id,
+               code_id, 'issued', r.cost_amount, r.currency, idempotency_key, p_expires_at
+          FROM paired
+         ORDER BY n
+        ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+        RETURNING id
+    ), booked AS (
+        INSERT INTO ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
+        SELECT t, r.budget_id, 'reserve', r.cost_amount, r.currency, 'issuance', id FROM added
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM claimed), (SELECT count(*) FROM added) INTO claimed, inserted;
+    IF r.uses_codes AND claimed < wanted THEN
+        PERFORM loyalty_refuse('no_codes_available',
+            format('%s voucher codes needed for reward %s, %s free', wanted, r.reward_id, claimed));
     END IF;
-
-    INSERT INTO issuances (tenant_id, id, campaign_id, rule_id, customer_id, reward_id, budget_id,
-                           voucher_code_id, status, cost_amount, currency, idempotency_key, expires_at)
-    SELECT t, b.id, r.campaign_id, p_rule_id, b.customer_id, r.reward_id, r.budget_id,
-           b.code_id, 'issued', r.cost_amount, r.currency, b.idempotency_key, p_expires_at
-      FROM pg_temp.batch_new b
-     ORDER BY b.n
-    ON CONFLICT (tenant_id, idempotency_key) DO NOTHING;
-    GET DIAGNOSTICS inserted = ROW_COUNT;
     IF inserted < wanted THEN
         RAISE EXCEPTION 'a concurrent call issued some of these idempotency keys; retry the batch'
             USING ERRCODE = '40001';
@@ -456,9 +456,6 @@ BEGIN
         PERFORM loyalty_refuse('budget_exhausted',
             format('budget %s cannot cover %s issuances', r.budget_id, wanted));
     END IF;
-    INSERT INTO ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
-    SELECT t, r.budget_id, 'reserve', r.cost_amount, r.currency, 'issuance', b.id
-      FROM pg_temp.batch_new b;
 
     RETURN batch_answer(true, items);
 END

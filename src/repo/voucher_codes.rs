@@ -154,26 +154,39 @@ impl VoucherCodeRepository for VoucherCodes<'_> {
         let tenant = self.0.tenant_id();
         let mut report = ImportReport::default();
         for chunk in codes.chunks(IMPORT_CHUNK) {
-            // ON CONFLICT keeps the first of any repeated code; EXCEPT ALL
-            // then yields exactly the rows that were not inserted.
-            let duplicates: Vec<Duplicate> = diesel::sql_query(
-                "WITH input AS (SELECT code FROM unnest($3::text[]) AS code), \
-                      added AS ( \
-                        INSERT INTO voucher_codes (tenant_id, id, reward_id, code) \
-                        SELECT $1, gen_random_uuid(), $2, code FROM input \
-                        ON CONFLICT (tenant_id, reward_id, code) DO NOTHING \
-                        RETURNING code) \
-                 SELECT code FROM input EXCEPT ALL SELECT code FROM added",
+            // Time-ordered ids keep the primary key's inserts on its right
+            // edge, and tell afterwards which rows of the chunk went in.
+            let ids: Vec<VoucherCodeId> = chunk.iter().map(|_| VoucherCodeId::new()).collect();
+            let inserted = diesel::sql_query(
+                "INSERT INTO voucher_codes (tenant_id, id, reward_id, code) \
+                 SELECT $1, id, $2, code FROM unnest($3::uuid[], $4::text[]) AS input(id, code) \
+                 ON CONFLICT (tenant_id, reward_id, code) DO NOTHING",
             )
             .bind::<SqlUuid, _>(tenant)
             .bind::<SqlUuid, _>(reward_id)
+            .bind::<Array<SqlUuid>, _>(&ids)
             .bind::<Array<Text>, _>(chunk)
-            .load(self.0.conn())
+            .execute(self.0.conn())
             .await?;
-            report.inserted += (chunk.len() - duplicates.len()) as u64;
-            report
-                .duplicates
-                .extend(duplicates.into_iter().map(|d| d.code));
+            report.inserted += inserted as u64;
+            if inserted < chunk.len() {
+                // Rare: only a chunk with duplicates pays for finding them.
+                let duplicates: Vec<Duplicate> = diesel::sql_query(
+                    "SELECT input.code FROM unnest($2::uuid[], $3::text[]) \
+                            WITH ORDINALITY AS input(id, code, n) \
+                      WHERE NOT EXISTS (SELECT 1 FROM voucher_codes v \
+                                         WHERE v.tenant_id = $1 AND v.id = input.id) \
+                      ORDER BY input.n",
+                )
+                .bind::<SqlUuid, _>(tenant)
+                .bind::<Array<SqlUuid>, _>(&ids)
+                .bind::<Array<Text>, _>(chunk)
+                .load(self.0.conn())
+                .await?;
+                report
+                    .duplicates
+                    .extend(duplicates.into_iter().map(|d| d.code));
+            }
         }
         Ok(report)
     }
