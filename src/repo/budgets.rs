@@ -5,7 +5,7 @@
 //! statement. At every moment `hard_cap`, `reserved` and `spent` equal what
 //! the budget's entries sum to; [`BudgetRepository::verify_ledger`] checks it.
 
-use bigdecimal::BigDecimal;
+use bigdecimal::{BigDecimal, Zero};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Nullable, Numeric, Text, Uuid as SqlUuid};
@@ -249,7 +249,8 @@ impl Budgets<'_> {
 impl BudgetRepository for Budgets<'_> {
     async fn create(&mut self, new: NewBudget) -> Result<Budget> {
         validate::text("name", &new.name, 1, 200)?;
-        if new.hard_cap != BigDecimal::from(0) {
+        let opening_top_up = !new.hard_cap.is_zero();
+        if opening_top_up {
             validate::amount("hard_cap", &new.hard_cap)?;
         }
         let tenant = self.0.tenant_id();
@@ -264,7 +265,7 @@ impl BudgetRepository for Budgets<'_> {
             ))
             .execute(self.0.conn())
             .await?;
-        if new.hard_cap > BigDecimal::from(0) {
+        if opening_top_up {
             self.mv(
                 id,
                 EntryType::Topup,
