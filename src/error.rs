@@ -156,6 +156,9 @@ fn refusal(info: &(dyn DatabaseErrorInformation + Send + Sync)) -> Option<Error>
             reason: info.message().to_owned(),
         },
         "invalid_amount" => Error::invalid("amount", info.message()),
+        "idempotency_conflict" => Error::Conflict {
+            constraint: "issuances_tenant_idempotency_key".into(),
+        },
         _ => return None,
     })
 }

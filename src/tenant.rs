@@ -151,18 +151,21 @@ impl TenantConn {
         let (mut for_probe, mut for_commit): (&AsyncPgConnection, &AsyncPgConnection) =
             (&conn, &conn);
         let (probe, commit) = tokio::join!(
+            // Polled, and so sent, in this order.
+            biased;
             for_probe.batch_execute("SELECT 1"),
             for_commit.batch_execute("COMMIT"),
         );
         let status = AnsiTransactionManager::transaction_manager_status_mut(&mut *conn);
         match (probe, commit) {
-            (_, Err(err @ DieselError::DatabaseError(..))) => {
-                *status = TransactionManagerStatus::Valid(Default::default());
+            (_, Err(err)) if connection_lost(&err) => {
+                // The outcome is unknown and the connection unusable: the pool
+                // must not hand it out again.
+                status.set_in_error();
                 Err(err.into())
             }
             (_, Err(err)) => {
-                // The connection itself failed; the pool must not reuse it.
-                status.set_in_error();
+                *status = TransactionManagerStatus::Valid(Default::default());
                 Err(err.into())
             }
             (Err(_), Ok(())) => {
@@ -206,6 +209,14 @@ async fn roll_back(conn: &mut Pooled) {
         tracing::warn!(error = %err, "tenant guard rollback failed; connection discarded");
         mark_broken(conn);
     }
+}
+
+fn connection_lost(err: &DieselError) -> bool {
+    use diesel::result::DatabaseErrorKind::{ClosedConnection, UnableToSendCommand};
+    matches!(
+        err,
+        DieselError::DatabaseError(ClosedConnection | UnableToSendCommand, _)
+    ) || !matches!(err, DieselError::DatabaseError(..))
 }
 
 fn mark_broken(conn: &mut Pooled) {

@@ -2,6 +2,7 @@
 //! migrations' CHECK constraints enforce the same rules a second time.
 
 use bigdecimal::BigDecimal;
+use bigdecimal::num_bigint::Sign;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -88,17 +89,20 @@ pub(crate) fn json_object(field: &'static str, value: &Value) -> Result<()> {
 /// two decimal places and sixteen integer digits. PostgreSQL would round a
 /// third decimal silently; this refuses it instead.
 pub(crate) fn amount(field: &'static str, value: &BigDecimal) -> Result<()> {
-    if value <= &BigDecimal::from(0) {
+    // Only the normalized digits and exponent are inspected: comparing or
+    // rescaling "1E-1000000000" would allocate a billion digits.
+    let (digits, scale) = value.normalized().as_bigint_and_exponent();
+    if digits.sign() != Sign::Plus {
         return Err(Error::invalid(field, "must be greater than zero"));
     }
-    let (_, scale) = value.as_bigint_and_exponent();
-    if scale > 2 && value.with_scale(2) != *value {
+    if scale > 2 {
         return Err(Error::invalid(
             field,
             "must have at most two decimal places",
         ));
     }
-    if value >= &BigDecimal::from(10_i64.pow(16)) {
+    let integer_digits = digits.to_string().len() as i64 - scale;
+    if integer_digits > 16 {
         return Err(Error::invalid(field, "must be below 10^16"));
     }
     Ok(())
@@ -151,10 +155,27 @@ mod tests {
 
     #[test]
     fn amounts() {
-        for ok in ["0.01", "5", "5.50", "5.500", "9999999999999999.99"] {
+        for ok in [
+            "0.01",
+            "5",
+            "5.50",
+            "5.500",
+            "9999999999999999.99",
+            "1E+15",
+            "120E-2",
+        ] {
             amount("amount", &ok.parse().unwrap()).unwrap();
         }
-        for bad in ["0", "-1", "0.001", "5.555", "10000000000000000"] {
+        for bad in [
+            "0",
+            "-1",
+            "0.001",
+            "5.555",
+            "10000000000000000",
+            "1E-1000000000",
+            "1E+1000000000",
+            "1E-4000000000000000000",
+        ] {
             assert!(amount("amount", &bad.parse().unwrap()).is_err(), "{bad}");
         }
     }

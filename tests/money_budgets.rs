@@ -255,3 +255,39 @@ async fn the_seeds_reserve_budget_no_longer_overspends() {
 }
 
 use diesel_async::RunQueryDsl;
+
+#[tokio::test]
+async fn a_reference_booked_on_one_budget_is_not_a_replay_on_another() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let (tenant, first) = shop(store).await;
+    let mut tx = store.tenant(tenant).await.unwrap();
+    let second = tx
+        .budgets()
+        .create(NewBudget {
+            name: "Second".into(),
+            currency: "USD".parse().unwrap(),
+            hard_cap: money("10"),
+        })
+        .await
+        .unwrap()
+        .id;
+    let grant = Uuid::from_u128(42);
+    assert!(
+        tx.budgets()
+            .top_up(first, money("5"), grant)
+            .await
+            .unwrap()
+            .applied
+    );
+    let elsewhere = tx.budgets().top_up(second, money("5"), grant).await;
+    assert!(
+        matches!(elsewhere, Err(Error::InvalidState { .. })),
+        "{elsewhere:?}"
+    );
+    assert_eq!(
+        tx.budgets().get(second).await.unwrap().hard_cap,
+        money("10")
+    );
+    tx.commit().await.unwrap();
+}

@@ -660,3 +660,118 @@ async fn a_global_limit_added_later_counts_what_was_issued() {
         "{fifth:?}"
     );
 }
+
+#[tokio::test]
+async fn a_key_reused_for_another_customer_is_a_conflict_not_a_replay() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let p = programme(
+        store,
+        Knobs {
+            uses_codes: true,
+            ..Knobs::default()
+        },
+    )
+    .await;
+    import_codes(store, &p, 5).await;
+    let people = customers(store, p.tenant, 3).await;
+    issue(store, &p, people[0], "order-7").await.unwrap();
+    let reused = issue(store, &p, people[1], "order-7").await;
+    assert!(matches!(reused, Err(Error::Conflict { .. })), "{reused:?}");
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    let batch = NewBatch {
+        recipients: vec![(people[1], "order-7".into()), (people[2], "order-8".into())],
+        ..NewBatch::for_customers(p.rule, &[], "")
+    };
+    let report = tx.issuances().issue_batch(batch).await.unwrap();
+    assert!(!report.applied);
+    assert!(matches!(
+        report.items[0].outcome,
+        BatchOutcome::IdempotencyConflict
+    ));
+    assert!(matches!(report.items[1].outcome, BatchOutcome::Held));
+}
+
+#[tokio::test]
+async fn expiry_retires_codes_instead_of_recycling_them() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let p = programme(
+        store,
+        Knobs {
+            uses_codes: true,
+            ..Knobs::default()
+        },
+    )
+    .await;
+    import_codes(store, &p, 1).await;
+    let ada = customers(store, p.tenant, 1).await[0];
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    let soon = Utc::now() + Duration::minutes(1);
+    tx.issuances()
+        .issue(NewIssuance {
+            expires_at: Some(soon),
+            ..issue_to(&p, ada, "k")
+        })
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    assert_eq!(
+        tx.issuances()
+            .expire_due(soon + Duration::minutes(1), 10)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        tx.voucher_codes().counts(p.reward).await.unwrap(),
+        StatusCounts {
+            invalid: 1,
+            ..StatusCounts::default()
+        },
+        "the customer may have seen the code"
+    );
+    tx.commit().await.unwrap();
+    assert_books_balance(store, p.tenant).await;
+}
+
+#[tokio::test]
+async fn issuance_reservations_cannot_be_settled_through_the_budget_api() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let p = programme(store, Knobs::default()).await;
+    let ada = customers(store, p.tenant, 1).await[0];
+    let issued = issue(store, &p, ada, "k").await.unwrap();
+    let reference = loyalty_store::repo::budgets::LedgerRef::new("issuance", issued.issuance.id);
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    let release = tx
+        .budgets()
+        .release(p.budget, money("2.50"), reference)
+        .await;
+    assert!(
+        matches!(
+            release,
+            Err(Error::InvalidInput {
+                field: "ref_type",
+                ..
+            })
+        ),
+        "{release:?}"
+    );
+    let raw = diesel::sql_query(format!(
+        "SELECT * FROM move_budget('{}', 'release', 2.50, 'issuance', '{}')",
+        p.budget, issued.issuance.id
+    ))
+    .execute(tx.conn())
+    .await
+    .map_err(Error::from);
+    assert!(matches!(raw, Err(Error::InvalidState { .. })), "{raw:?}");
+    drop(tx);
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    tx.issuances().cancel(issued.issuance.id).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_books_balance(store, p.tenant).await;
+}
+
+use diesel_async::RunQueryDsl;

@@ -22,6 +22,8 @@ CREATE FUNCTION recount_rule_issuances() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 BEGIN
+    -- Wait for issuances in flight, which read the rule before this change.
+    PERFORM pg_advisory_xact_lock(rule_lock(NEW.id));
     NEW.issued_count := (SELECT count(*) FROM issuances
                           WHERE tenant_id = NEW.tenant_id AND rule_id = NEW.id
                             AND status <> 'cancelled');
@@ -62,7 +64,7 @@ $$;
 -- One budget movement with its ledger entry. The row lock comes first, so
 -- the checks that follow see every earlier movement of this budget.
 -- Outcomes: applied, replayed (same entry_type, ref and amount seen before:
--- no effect), conflicting_replay (same ref, other amount), missing,
+-- no effect), conflicting_replay (same ref, other amount or budget), missing,
 -- exhausted, not_reserved, already_settled.
 CREATE FUNCTION move_budget(
     p_budget_id uuid,
@@ -78,20 +80,26 @@ DECLARE
     t uuid := current_tenant_id();
     b budgets%ROWTYPE;
     booked numeric;
+    booked_on uuid;
 BEGIN
     IF p_amount IS NULL OR p_amount <= 0 THEN
         PERFORM loyalty_refuse('invalid_amount', 'amount must be positive');
     END IF;
-    SELECT * INTO b FROM budgets WHERE tenant_id = t AND id = p_budget_id FOR UPDATE;
+    IF p_ref_type = 'issuance' THEN
+        -- Issuances book and settle their own entries; a direct movement
+        -- would leave an issued reward without its reservation.
+        PERFORM loyalty_refuse('invalid_state', 'ref_type issuance is reserved for issuances');
+    END IF;
+    SELECT * INTO b FROM budgets WHERE tenant_id = t AND id = p_budget_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 'missing', NULL::numeric, NULL::numeric, NULL::numeric;
         RETURN;
     END IF;
-    booked := (SELECT amount FROM ledger_entries
-                WHERE tenant_id = t AND entry_type = p_entry_type
-                  AND ref_type = p_ref_type AND ref_id = p_ref_id);
-    IF booked IS NOT NULL THEN
-        RETURN QUERY SELECT CASE WHEN booked = p_amount THEN 'replayed' ELSE 'conflicting_replay' END,
+    SELECT amount, budget_id INTO booked, booked_on FROM ledger_entries
+     WHERE tenant_id = t AND entry_type = p_entry_type AND ref_type = p_ref_type AND ref_id = p_ref_id;
+    IF FOUND THEN
+        RETURN QUERY SELECT CASE WHEN booked = p_amount AND booked_on = p_budget_id THEN 'replayed'
+                                 ELSE 'conflicting_replay' END,
                             b.hard_cap, b.reserved, b.spent;
         RETURN;
     END IF;
@@ -125,7 +133,8 @@ BEGIN
 END
 $$;
 
--- The seed's name and signature, now without its check-then-act race.
+-- The seed's name and signature, now without its check-then-act race. It
+-- books under ref_type 'reserve_budget': 'issuance' belongs to issue_reward.
 CREATE OR REPLACE FUNCTION reserve_budget(
     p_tenant_id uuid,
     p_budget_id uuid,
@@ -137,7 +146,7 @@ CREATE OR REPLACE FUNCTION reserve_budget(
     AS $$
     SELECT p_tenant_id = current_tenant_id()
        AND EXISTS (SELECT 1 FROM budgets WHERE id = p_budget_id AND currency = p_currency)
-       AND (SELECT outcome FROM move_budget(p_budget_id, 'reserve', p_amount, 'issuance', p_ref_id))
+       AND (SELECT outcome FROM move_budget(p_budget_id, 'reserve', p_amount, 'reserve_budget', p_ref_id))
            IN ('applied', 'replayed')
 $$;
 
@@ -203,6 +212,32 @@ CREATE FUNCTION customer_limit_lock(p_rule_id uuid, p_customer_id uuid) RETURNS 
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$ SELECT hashtextextended(p_rule_id::text || p_customer_id::text, 0) $$;
 
+-- Single issuances hold this shared; a batch, and a limit being added to the
+-- rule, hold it exclusive. One lock per batch instead of one per customer
+-- keeps large batches within the server's lock table.
+CREATE FUNCTION rule_lock(p_rule_id uuid) RETURNS bigint
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$ SELECT hashtextextended('rule:' || p_rule_id::text, 0) $$;
+
+-- The issuance an idempotency key already stands for, if any. A key reused
+-- for another rule or customer is refused, not replayed: that answer would
+-- hand one customer's voucher code to another.
+CREATE FUNCTION replayed_issuance(p_key text, p_rule_id uuid, p_customer_id uuid) RETURNS uuid
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+    i record;
+BEGIN
+    SELECT id, rule_id, customer_id INTO i FROM issuances
+     WHERE tenant_id = current_tenant_id() AND idempotency_key = p_key;
+    IF FOUND AND (i.rule_id <> p_rule_id OR i.customer_id <> p_customer_id) THEN
+        PERFORM loyalty_refuse('idempotency_conflict',
+            format('idempotency key %s was used for another rule or customer', p_key));
+    END IF;
+    RETURN i.id;
+END
+$$;
+
 -- Issues one reward in one statement. Order matters: reads and the
 -- per-customer lock first, then the voucher code (SKIP LOCKED), the
 -- issuance row, and only then the two hot rows every issuance of the
@@ -225,10 +260,11 @@ DECLARE
     customer_status text;
     answer jsonb;
 BEGIN
-    prior := (SELECT id FROM issuances WHERE tenant_id = t AND idempotency_key = p_idempotency_key);
+    prior := replayed_issuance(p_idempotency_key, p_rule_id, p_customer_id);
     IF prior IS NOT NULL THEN
         RETURN issuance_json(prior, true);
     END IF;
+    PERFORM pg_advisory_xact_lock_shared(rule_lock(p_rule_id));
     SELECT * INTO r FROM issuance_context(p_rule_id);
     customer_status := (SELECT status FROM customers WHERE tenant_id = t AND id = p_customer_id);
     IF customer_status IS NULL THEN
@@ -239,7 +275,7 @@ BEGIN
     IF r.per_customer_limit IS NOT NULL THEN
         PERFORM pg_advisory_xact_lock(customer_limit_lock(p_rule_id, p_customer_id));
         -- A concurrent delivery of this key may have committed while we waited.
-        prior := (SELECT id FROM issuances WHERE tenant_id = t AND idempotency_key = p_idempotency_key);
+        prior := replayed_issuance(p_idempotency_key, p_rule_id, p_customer_id);
         IF prior IS NOT NULL THEN
             RETURN issuance_json(prior, true);
         END IF;
@@ -273,8 +309,7 @@ BEGIN
             UPDATE voucher_codes SET status = 'available', issuance_id = NULL
              WHERE tenant_id = t AND id = code_id;
         END IF;
-        RETURN issuance_json(
-            (SELECT id FROM issuances WHERE tenant_id = t AND idempotency_key = p_idempotency_key), true);
+        RETURN issuance_json(replayed_issuance(p_idempotency_key, p_rule_id, p_customer_id), true);
     END IF;
     -- Everything but the hot rows is done, the answer included, so their
     -- locks are held for as short a time as possible.
@@ -331,7 +366,6 @@ CREATE FUNCTION issue_reward_batch(
 DECLARE
     t uuid := current_tenant_id();
     r record;
-    lock_key bigint;
     items jsonb;
     refused boolean;
     wanted integer;
@@ -342,25 +376,21 @@ BEGIN
        OR cardinality(p_customer_ids) IS DISTINCT FROM cardinality(p_ids) THEN
         PERFORM loyalty_refuse('invalid_amount', 'customer, key and id arrays differ in length');
     END IF;
+    PERFORM pg_advisory_xact_lock(rule_lock(p_rule_id));
     SELECT * INTO r FROM issuance_context(p_rule_id);
-    IF r.per_customer_limit IS NOT NULL THEN
-        -- Sorted, so two batches never wait on each other in opposite orders.
-        FOR lock_key IN
-            SELECT DISTINCT customer_limit_lock(p_rule_id, c) FROM unnest(p_customer_ids) c ORDER BY 1
-        LOOP
-            PERFORM pg_advisory_xact_lock(lock_key);
-        END LOOP;
-    END IF;
 
     WITH input AS (
         SELECT x.customer_id, x.idempotency_key, x.id, x.n
           FROM unnest(p_customer_ids, p_idempotency_keys, p_ids) WITH ORDINALITY
                AS x(customer_id, idempotency_key, id, n)
+    ), known AS (
+        SELECT input.n, i.rule_id = p_rule_id AND i.customer_id = input.customer_id AS same
+          FROM input
+          JOIN issuances i ON i.tenant_id = t AND i.idempotency_key = input.idempotency_key
     ), fresh AS (
         SELECT input.*, row_number() OVER (PARTITION BY input.customer_id ORDER BY input.n) AS nth
           FROM input
-         WHERE NOT EXISTS (SELECT 1 FROM issuances i
-                            WHERE i.tenant_id = t AND i.idempotency_key = input.idempotency_key)
+         WHERE NOT EXISTS (SELECT 1 FROM known WHERE known.n = input.n)
     ), prior AS (
         SELECT customer_id, count(*) AS issued
           FROM issuances
@@ -371,7 +401,8 @@ BEGIN
     ), judged AS (
         SELECT input.n, input.customer_id, input.idempotency_key, input.id,
                CASE
-                   WHEN fresh.id IS NULL THEN 'replayed'
+                   WHEN known.same THEN 'replayed'
+                   WHEN known.n IS NOT NULL THEN 'idempotency_conflict'
                    WHEN c.id IS NULL THEN 'customer_not_found'
                    WHEN c.status <> 'active' THEN 'customer_inactive'
                    WHEN r.per_customer_limit IS NOT NULL
@@ -380,6 +411,7 @@ BEGIN
                    ELSE 'issue'
                END AS verdict
           FROM input
+          LEFT JOIN known ON known.n = input.n
           LEFT JOIN fresh ON fresh.n = input.n
           LEFT JOIN customers c ON c.tenant_id = t AND c.id = input.customer_id
           LEFT JOIN prior ON prior.customer_id = input.customer_id
@@ -490,27 +522,50 @@ BEGIN
 END
 $$;
 
--- Ends issuances without redemption: releases their reservations, gives
--- undelivered voucher codes back to the pool and retires delivered ones.
--- Locks budgets in id order so concurrent callers cannot deadlock.
+-- Ends issued rewards without redemption: releases their reservations and
+-- stops cancelled ones counting towards a global limit. A cancelled
+-- issuance's undelivered code (still 'reserved') goes back to the pool; every
+-- other code is retired, since an expired reward's code may have been seen.
+-- Locks follow issue_reward's order, limited rules before budgets, each in id
+-- order, so no caller waits on another in a cycle.
 CREATE FUNCTION end_issuances(p_ids uuid[], p_status text) RETURNS integer
     LANGUAGE plpgsql
     AS $$
 #variable_conflict use_column
 DECLARE
     t uuid := current_tenant_id();
-    ended integer;
+    ended uuid[];
 BEGIN
+    IF p_status NOT IN ('cancelled', 'expired') THEN
+        PERFORM loyalty_refuse('invalid_state', format('cannot end issuances as %s', p_status));
+    END IF;
+    SELECT array_agg(id) INTO ended FROM (
+        SELECT id FROM issuances
+         WHERE tenant_id = t AND id = ANY (p_ids) AND status = 'issued'
+         ORDER BY id
+           FOR UPDATE
+    ) s;
+    IF ended IS NULL THEN
+        RETURN 0;
+    END IF;
+    IF p_status = 'cancelled' THEN
+        PERFORM 1 FROM rules
+         WHERE tenant_id = t AND global_limit IS NOT NULL
+           AND id IN (SELECT rule_id FROM issuances WHERE tenant_id = t AND id = ANY (ended))
+         ORDER BY id
+           FOR NO KEY UPDATE;
+    END IF;
     PERFORM 1 FROM budgets
      WHERE tenant_id = t
-       AND id IN (SELECT budget_id FROM issuances WHERE tenant_id = t AND id = ANY (p_ids))
+       AND id IN (SELECT budget_id FROM issuances WHERE tenant_id = t AND id = ANY (ended))
      ORDER BY id
-       FOR UPDATE;
+       FOR NO KEY UPDATE;
     WITH codes AS (
         UPDATE voucher_codes
-           SET status = CASE status WHEN 'reserved' THEN 'available' ELSE 'invalid' END,
+           SET status = CASE WHEN p_status = 'cancelled' AND status = 'reserved'
+                             THEN 'available' ELSE 'invalid' END,
                issuance_id = NULL
-         WHERE tenant_id = t AND issuance_id = ANY (p_ids)
+         WHERE tenant_id = t AND issuance_id = ANY (ended)
         RETURNING id, status
     )
     UPDATE issuances i
@@ -520,22 +575,21 @@ BEGIN
                                                 WHERE codes.id = i.voucher_code_id
                                                   AND codes.status = 'available')
                                   THEN NULL ELSE i.voucher_code_id END
-     WHERE i.tenant_id = t AND i.id = ANY (p_ids);
-    GET DIAGNOSTICS ended = ROW_COUNT;
+     WHERE i.tenant_id = t AND i.id = ANY (ended);
     IF p_status = 'cancelled' THEN
         UPDATE rules ru SET issued_count = ru.issued_count - s.n
           FROM (SELECT rule_id, count(*) AS n FROM issuances
-                 WHERE tenant_id = t AND id = ANY (p_ids) GROUP BY rule_id) s
+                 WHERE tenant_id = t AND id = ANY (ended) GROUP BY rule_id) s
          WHERE ru.tenant_id = t AND ru.id = s.rule_id AND ru.global_limit IS NOT NULL;
     END IF;
     UPDATE budgets b SET reserved = b.reserved - s.total
       FROM (SELECT budget_id, sum(cost_amount) AS total FROM issuances
-             WHERE tenant_id = t AND id = ANY (p_ids) GROUP BY budget_id) s
+             WHERE tenant_id = t AND id = ANY (ended) GROUP BY budget_id) s
      WHERE b.tenant_id = t AND b.id = s.budget_id;
     INSERT INTO ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
     SELECT t, budget_id, 'release', cost_amount, currency, 'issuance', id
-      FROM issuances WHERE tenant_id = t AND id = ANY (p_ids);
-    RETURN ended;
+      FROM issuances WHERE tenant_id = t AND id = ANY (ended);
+    RETURN cardinality(ended);
 END
 $$;
 

@@ -82,6 +82,9 @@ pub struct NewBudget {
     pub hard_cap: BigDecimal,
 }
 
+/// The ref_type issuances book their reservations under.
+const ISSUANCE_REF: &str = "issuance";
+
 /// What a movement refers to. Each `(entry type, ref_type, ref_id)` is booked
 /// at most once: a retry is a replay with no second effect.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,6 +211,12 @@ impl Budgets<'_> {
     ) -> Result<Movement> {
         validate::amount("amount", amount)?;
         validate::text("ref_type", &reference.ref_type, 1, 50)?;
+        if reference.ref_type == ISSUANCE_REF {
+            return Err(Error::invalid(
+                "ref_type",
+                "\"issuance\" is booked only by the issuance functions",
+            ));
+        }
         let row: MoveRow = diesel::sql_query("SELECT * FROM move_budget($1, $2, $3, $4, $5)")
             .bind::<SqlUuid, _>(id)
             .bind::<Text, _>(entry_type)

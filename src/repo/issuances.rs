@@ -139,6 +139,8 @@ pub enum BatchOutcome {
     CustomerInactive,
     /// The rule's per-customer limit is used up (counting this batch).
     LimitReached,
+    /// The idempotency key was used before for another rule or customer.
+    IdempotencyConflict,
 }
 
 /// One recipient's line in a [`BatchReport`].
@@ -166,9 +168,13 @@ pub trait IssuanceRepository {
     /// writes the issuance and its ledger entry. Refusals are
     /// [`Error::CampaignNotRunning`], [`Error::RuleInactive`],
     /// [`Error::LimitReached`], [`Error::NoCodesAvailable`],
-    /// [`Error::BudgetExhausted`], [`Error::NotFound`] and
-    /// [`Error::InvalidState`]; they leave nothing written but end the
-    /// guard's transaction.
+    /// [`Error::BudgetExhausted`], [`Error::NotFound`],
+    /// [`Error::InvalidState`], and [`Error::Conflict`] for a key used before
+    /// with another rule or customer; they leave nothing written but end the
+    /// guard's transaction. Make one money-path call per guard (or use
+    /// [`issue_batch`](IssuanceRepository::issue_batch)): a guard holding one
+    /// issuance's locks while waiting for another's can deadlock with a
+    /// guard doing the same in the opposite order.
     fn issue(&mut self, new: NewIssuance) -> impl Future<Output = Result<Issued>> + Send;
     /// Issues one rule's reward to many customers in a few set-based
     /// statements, all or nothing. Per-recipient refusals come back in the
@@ -265,6 +271,7 @@ impl RawItem {
             ("customer_not_found", _) => BatchOutcome::CustomerNotFound,
             ("customer_inactive", _) => BatchOutcome::CustomerInactive,
             ("customer_limit_reached", _) => BatchOutcome::LimitReached,
+            ("idempotency_conflict", _) => BatchOutcome::IdempotencyConflict,
             (other, _) => {
                 return Err(Error::InvalidState {
                     reason: format!("unexpected batch verdict {other:?}"),
