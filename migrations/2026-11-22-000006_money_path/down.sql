@@ -5,6 +5,8 @@ DROP FUNCTION redeem_issuance(uuid);
 DROP FUNCTION issue_reward_batch(uuid, uuid[], text[], uuid[], timestamptz);
 DROP FUNCTION batch_answer(boolean, jsonb);
 DROP FUNCTION issue_reward(uuid, uuid, uuid, text, timestamptz);
+DROP FUNCTION replayed_issuance(text, uuid, uuid);
+DROP FUNCTION rule_lock(uuid);
 DROP FUNCTION customer_limit_lock(uuid, uuid);
 DROP FUNCTION issuance_context(uuid);
 DROP FUNCTION issuance_json(uuid, boolean);
