@@ -1,34 +1,13 @@
 //! Events, WhatsApp sessions and audit logs.
 
+mod common;
+
 use chrono::{DateTime, Duration, Utc};
+use common::{invalid_field, two_tenants};
 use loyalty_store::Cursor;
 use loyalty_store::prelude::*;
 use loyalty_store::testing::TestDb;
 use serde_json::json;
-
-async fn two_tenants(store: &Store) -> (TenantId, TenantId) {
-    let usd: Currency = "USD".parse().unwrap();
-    let a = store
-        .platform()
-        .create(NewTenant::new("A", usd))
-        .await
-        .unwrap()
-        .id;
-    let b = store
-        .platform()
-        .create(NewTenant::new("B", usd))
-        .await
-        .unwrap()
-        .id;
-    (a, b)
-}
-
-fn invalid_field<T: std::fmt::Debug>(outcome: Result<T>) -> &'static str {
-    match outcome {
-        Err(Error::InvalidInput { field, .. }) => field,
-        other => panic!("expected InvalidInput, got {other:?}"),
-    }
-}
 
 fn event(key: &str, customer: Option<CustomerId>, at: DateTime<Utc>) -> NewEvent {
     NewEvent {

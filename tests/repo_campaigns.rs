@@ -1,37 +1,16 @@
 //! Rewards, campaigns and rules.
 
+mod common;
+
 use bigdecimal::BigDecimal;
 use chrono::{Duration, Utc};
+use common::{invalid_field, two_tenants};
 use diesel_async::SimpleAsyncConnection;
 use loyalty_store::prelude::*;
 use loyalty_store::repo::budgets::{BudgetRepository, NewBudget};
 use loyalty_store::repo::rewards::Reward;
 use loyalty_store::testing::TestDb;
 use serde_json::json;
-
-async fn two_tenants(store: &Store) -> (TenantId, TenantId) {
-    let usd: Currency = "USD".parse().unwrap();
-    let a = store
-        .platform()
-        .create(NewTenant::new("A", usd))
-        .await
-        .unwrap()
-        .id;
-    let b = store
-        .platform()
-        .create(NewTenant::new("B", usd))
-        .await
-        .unwrap()
-        .id;
-    (a, b)
-}
-
-fn invalid_field<T: std::fmt::Debug>(outcome: Result<T>) -> &'static str {
-    match outcome {
-        Err(Error::InvalidInput { field, .. }) => field,
-        other => panic!("expected InvalidInput, got {other:?}"),
-    }
-}
 
 fn coffee(cost: &str) -> NewReward {
     NewReward {

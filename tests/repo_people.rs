@@ -1,27 +1,13 @@
 //! Staff users, customers and consents.
 
+mod common;
+
 use chrono::{Duration, Utc};
+use common::{invalid_field, two_tenants};
 use loyalty_store::prelude::*;
 use loyalty_store::repo::staff_users::StaffStatus;
 use loyalty_store::testing::TestDb;
 use serde_json::json;
-
-async fn two_tenants(store: &Store) -> (TenantId, TenantId) {
-    let usd: Currency = "USD".parse().unwrap();
-    let a = store
-        .platform()
-        .create(NewTenant::new("A", usd))
-        .await
-        .unwrap()
-        .id;
-    let b = store
-        .platform()
-        .create(NewTenant::new("B", usd))
-        .await
-        .unwrap()
-        .id;
-    (a, b)
-}
 
 fn staff(email: &str, role: StaffRole) -> NewStaffUser {
     NewStaffUser {
@@ -29,13 +15,6 @@ fn staff(email: &str, role: StaffRole) -> NewStaffUser {
         full_name: "Ada Lovelace".into(),
         role,
         pwd_hash: "$argon2id$v=19$secret-hash".into(),
-    }
-}
-
-fn invalid_field<T: std::fmt::Debug>(outcome: Result<T>) -> &'static str {
-    match outcome {
-        Err(Error::InvalidInput { field, .. }) => field,
-        other => panic!("expected InvalidInput, got {other:?}"),
     }
 }
 

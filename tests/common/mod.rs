@@ -1,5 +1,5 @@
-//! A small loyalty programme for money-path tests: one tenant, a budget, a
-//! reward, an active campaign and a rule, with knobs for each.
+//! Shared test fixtures: a small loyalty programme (one tenant, a budget, a
+//! reward, an active campaign and a rule, with knobs for each), and helpers.
 
 #![allow(dead_code)] // each test binary uses its own subset
 
@@ -159,6 +159,32 @@ pub async fn assert_books_balance(store: &Store, tenant: TenantId) {
     let mismatches = tx.budgets().verify_ledger().await.unwrap();
     assert!(mismatches.is_empty(), "ledger disagrees: {mismatches:?}");
     tx.commit().await.unwrap();
+}
+
+/// Two tenants, for tests that show one cannot touch the other's rows.
+pub async fn two_tenants(store: &Store) -> (TenantId, TenantId) {
+    let usd: Currency = "USD".parse().unwrap();
+    let a = store
+        .platform()
+        .create(NewTenant::new("A", usd))
+        .await
+        .unwrap()
+        .id;
+    let b = store
+        .platform()
+        .create(NewTenant::new("B", usd))
+        .await
+        .unwrap()
+        .id;
+    (a, b)
+}
+
+/// The field an `InvalidInput` error names, or a panic saying what came instead.
+pub fn invalid_field<T: std::fmt::Debug>(outcome: Result<T>) -> &'static str {
+    match outcome {
+        Err(Error::InvalidInput { field, .. }) => field,
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
 }
 
 pub fn money(text: &str) -> BigDecimal {
