@@ -11,8 +11,10 @@ use std::collections::HashSet;
 
 use bigdecimal::BigDecimal;
 use chrono::{DateTime, Utc};
+use diesel::deserialize::FromSql;
+use diesel::pg::{Pg, PgValue};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Array, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -227,6 +229,28 @@ diesel::define_sql_function!(fn redeem_issuance(id: SqlUuid) -> Jsonb);
 diesel::define_sql_function!(fn cancel_issuance(id: SqlUuid) -> Jsonb);
 diesel::define_sql_function!(fn expire_issuances(now: Timestamptz, batch: Integer) -> Integer);
 
+/// A `jsonb` answer parsed straight into `T`, without an intermediate
+/// `serde_json::Value` tree: the issuance hot path reads one per call.
+struct JsonAnswer<T>(T);
+
+impl<T: serde::de::DeserializeOwned> FromSql<Jsonb, Pg> for JsonAnswer<T> {
+    fn from_sql(value: PgValue<'_>) -> diesel::deserialize::Result<Self> {
+        // Binary jsonb is a version byte (1) followed by the JSON text.
+        match value.as_bytes().split_first() {
+            Some((1, text)) => Ok(JsonAnswer(serde_json::from_slice(text)?)),
+            _ => Err("unsupported jsonb format".into()),
+        }
+    }
+}
+
+impl<T: serde::de::DeserializeOwned> Queryable<Jsonb, Pg> for JsonAnswer<T> {
+    type Row = Self;
+
+    fn build(row: Self) -> diesel::deserialize::Result<Self> {
+        Ok(row)
+    }
+}
+
 fn decode<T: serde::de::DeserializeOwned>(json: Value) -> Result<T> {
     serde_json::from_value(json).map_err(|e| Error::InvalidState {
         reason: format!("unreadable answer from the database: {e}"),
@@ -289,7 +313,7 @@ impl IssuanceRepository for Issuances<'_> {
     async fn issue(&mut self, new: NewIssuance) -> Result<Issued> {
         validate_key(&new.idempotency_key)?;
         validate_expiry(new.expires_at)?;
-        let json: Value = diesel::select(issue_reward(
+        let answer: JsonAnswer<Issued> = diesel::select(issue_reward(
             IssuanceId::new(),
             new.rule_id,
             new.customer_id,
@@ -298,7 +322,7 @@ impl IssuanceRepository for Issuances<'_> {
         ))
         .get_result(self.0.conn())
         .await?;
-        decode(json)
+        Ok(answer.0)
     }
 
     async fn issue_batch(&mut self, batch: NewBatch) -> Result<BatchReport> {
