@@ -27,7 +27,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use url::Url;
 
 use crate::store::Store;
@@ -167,8 +168,7 @@ async fn ensure_template(admin_url: &str) {
             )
             .await;
             let exists: bool = diesel::select(diesel::dsl::exists(
-                crate::testing::pg_database::table
-                    .filter(crate::testing::pg_database::datname.eq(TEMPLATE)),
+                pg_database::table.filter(pg_database::datname.eq(TEMPLATE)),
             ))
             .get_result(&mut admin)
             .await
@@ -220,9 +220,6 @@ async fn run(conn: &mut AsyncPgConnection, sql: &str) {
         panic!("test harness statement failed: {sql}: {e}");
     }
 }
-
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 
 diesel::table! {
     pg_database (datname) {
