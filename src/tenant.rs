@@ -141,6 +141,9 @@ impl TenantConn {
     /// transaction and would answer `COMMIT` with a silent `ROLLBACK`. This
     /// returns [`Error::TransactionAborted`] then, rather than reporting a
     /// commit that did not happen.
+    ///
+    /// Checks deferred to commit run here: an issuance whose budget no
+    /// longer covers it fails the commit with [`Error::BudgetExhausted`].
     pub async fn commit(mut self) -> Result<()> {
         let mut conn = self
             .conn

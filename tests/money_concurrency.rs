@@ -260,23 +260,25 @@ async fn a_random_mix_keeps_the_books_balanced() {
                             idempotency_key: format!("w{worker}-s{step}"),
                             expires_at,
                         };
-                        tx.issuances()
-                            .issue(new)
-                            .await
-                            .map(|i| mine.push(i.issuance.id))
+                        tx.issuances().issue(new).await.map(|i| Some(i.issuance.id))
                     }
                     2 if !mine.is_empty() => {
                         let id = mine[next(mine.len() as u64) as usize];
                         if next(2) == 0 {
-                            tx.issuances().redeem(id).await.map(drop)
+                            tx.issuances().redeem(id).await.map(|_| None)
                         } else {
-                            tx.issuances().cancel(id).await.map(drop)
+                            tx.issuances().cancel(id).await.map(|_| None)
                         }
                     }
-                    _ => tx.issuances().expire_due(Utc::now(), 5).await.map(drop),
+                    _ => tx.issuances().expire_due(Utc::now(), 5).await.map(|_| None),
                 };
-                match outcome {
-                    Ok(()) => tx.commit().await.unwrap(),
+                // An issuance's budget check binds at commit, so commit can refuse too.
+                let committed = match outcome {
+                    Ok(issued) => tx.commit().await.map(|()| issued),
+                    Err(e) => Err(e),
+                };
+                match committed {
+                    Ok(issued) => mine.extend(issued),
                     Err(
                         Error::BudgetExhausted
                         | Error::NoCodesAvailable

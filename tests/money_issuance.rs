@@ -775,3 +775,69 @@ async fn issuance_reservations_cannot_be_settled_through_the_budget_api() {
 }
 
 use diesel_async::RunQueryDsl;
+
+#[tokio::test]
+async fn a_reservation_that_no_longer_fits_is_refused_at_commit() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let p = programme(
+        store,
+        Knobs {
+            hard_cap: 5,
+            ..Knobs::default()
+        },
+    )
+    .await;
+    let people = customers(store, p.tenant, 3).await;
+    issue(store, &p, people[0], "first").await.unwrap(); // 2.50 of 5 reserved
+    // Both fit when issued; only one of them fits when they commit.
+    let mut early = store.tenant(p.tenant).await.unwrap();
+    let mut late = store.tenant(p.tenant).await.unwrap();
+    let kept = early
+        .issuances()
+        .issue(issue_to(&p, people[1], "early"))
+        .await
+        .unwrap();
+    let lost = late
+        .issuances()
+        .issue(issue_to(&p, people[2], "late"))
+        .await
+        .unwrap();
+    early.commit().await.unwrap();
+    assert!(matches!(late.commit().await, Err(Error::BudgetExhausted)));
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    assert!(tx.issuances().get(kept.issuance.id).await.is_ok());
+    assert!(matches!(
+        tx.issuances().get(lost.issuance.id).await,
+        Err(Error::NotFound)
+    ));
+    drop(tx);
+    assert_eq!(budget(store, &p).await.reserved, money("5"));
+    assert_books_balance(store, p.tenant).await;
+}
+
+#[tokio::test]
+async fn an_issuance_settled_in_its_own_transaction_is_reserved_first() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let p = programme(store, Knobs::default()).await;
+    let people = customers(store, p.tenant, 2).await;
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    let redeemed = tx
+        .issuances()
+        .issue(issue_to(&p, people[0], "redeemed"))
+        .await
+        .unwrap();
+    tx.issuances().redeem(redeemed.issuance.id).await.unwrap();
+    let cancelled = tx
+        .issuances()
+        .issue(issue_to(&p, people[1], "cancelled"))
+        .await
+        .unwrap();
+    tx.issuances().cancel(cancelled.issuance.id).await.unwrap();
+    assert!(tx.budgets().verify_ledger().await.unwrap().is_empty());
+    tx.commit().await.unwrap();
+    let b = budget(store, &p).await;
+    assert_eq!((b.reserved, b.spent), (money("0"), money("2.50")));
+    assert_books_balance(store, p.tenant).await;
+}

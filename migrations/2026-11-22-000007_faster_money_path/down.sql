@@ -1,3 +1,7 @@
+DROP TRIGGER ledger_entries_reserve_at_commit ON ledger_entries;
+DROP FUNCTION reserve_issuance_at_commit();
+DROP FUNCTION settle_pending_reservations();
+
 -- Restores the definitions of 2026-11-22-000001 and 2026-11-22-000006.
 
 CREATE OR REPLACE FUNCTION is_iso4217(code text) RETURNS boolean
@@ -166,5 +170,255 @@ BEGIN
     END IF;
 
     RETURN batch_answer(true, items);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION issue_reward(
+    p_id uuid,
+    p_rule_id uuid,
+    p_customer_id uuid,
+    p_idempotency_key text,
+    p_expires_at timestamptz
+) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    t uuid := current_tenant_id();
+    r record;
+    prior uuid;
+    code_id uuid;
+    customer_status text;
+    answer jsonb;
+BEGIN
+    prior := replayed_issuance(p_idempotency_key, p_rule_id, p_customer_id);
+    IF prior IS NOT NULL THEN
+        RETURN issuance_json(prior, true);
+    END IF;
+    PERFORM pg_advisory_xact_lock_shared(rule_lock(p_rule_id));
+    SELECT * INTO r FROM issuance_context(p_rule_id);
+    customer_status := (SELECT status FROM customers WHERE tenant_id = t AND id = p_customer_id);
+    IF customer_status IS NULL THEN
+        PERFORM loyalty_refuse('not_found', format('customer %s not found', p_customer_id));
+    ELSIF customer_status <> 'active' THEN
+        PERFORM loyalty_refuse('invalid_state', format('customer %s is %s', p_customer_id, customer_status));
+    END IF;
+    IF r.per_customer_limit IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(customer_limit_lock(p_rule_id, p_customer_id));
+        -- A concurrent delivery of this key may have committed while we waited.
+        prior := replayed_issuance(p_idempotency_key, p_rule_id, p_customer_id);
+        IF prior IS NOT NULL THEN
+            RETURN issuance_json(prior, true);
+        END IF;
+        IF (SELECT count(*) FROM issuances
+             WHERE tenant_id = t AND rule_id = p_rule_id AND customer_id = p_customer_id
+               AND status <> 'cancelled') >= r.per_customer_limit THEN
+            PERFORM loyalty_refuse('customer_limit_reached',
+                format('customer %s reached the limit of rule %s', p_customer_id, p_rule_id));
+        END IF;
+    END IF;
+    IF r.uses_codes THEN
+        UPDATE voucher_codes SET status = 'reserved', issuance_id = p_id
+         WHERE tenant_id = t
+           AND id = (SELECT id FROM voucher_codes
+                      WHERE tenant_id = t AND reward_id = r.reward_id AND status = 'available'
+                      LIMIT 1 FOR UPDATE SKIP LOCKED)
+        RETURNING id INTO code_id;
+        IF code_id IS NULL THEN
+            PERFORM loyalty_refuse('no_codes_available',
+                format('no voucher codes left for reward %s', r.reward_id));
+        END IF;
+    END IF;
+    INSERT INTO issuances (tenant_id, id, campaign_id, rule_id, customer_id, reward_id, budget_id,
+                           voucher_code_id, status, cost_amount, currency, idempotency_key, expires_at)
+    VALUES (t, p_id, r.campaign_id, p_rule_id, p_customer_id, r.reward_id, r.budget_id,
+            code_id, 'issued', r.cost_amount, r.currency, p_idempotency_key, p_expires_at)
+    ON CONFLICT (tenant_id, idempotency_key) DO NOTHING;
+    IF NOT FOUND THEN
+        -- Same key from a concurrent call with another rule or customer: it won.
+        IF code_id IS NOT NULL THEN
+            UPDATE voucher_codes SET status = 'available', issuance_id = NULL
+             WHERE tenant_id = t AND id = code_id;
+        END IF;
+        RETURN issuance_json(replayed_issuance(p_idempotency_key, p_rule_id, p_customer_id), true);
+    END IF;
+    -- Everything but the hot rows is done, the answer included, so their
+    -- locks are held for as short a time as possible.
+    INSERT INTO ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
+    VALUES (t, r.budget_id, 'reserve', r.cost_amount, r.currency, 'issuance', p_id);
+    answer := issuance_json(p_id, false);
+    IF r.global_limit IS NOT NULL THEN
+        UPDATE rules SET issued_count = issued_count + 1
+         WHERE tenant_id = t AND id = p_rule_id AND issued_count < global_limit;
+        IF NOT FOUND THEN
+            PERFORM loyalty_refuse('global_limit_reached',
+                format('rule %s reached its global limit', p_rule_id));
+        END IF;
+    END IF;
+    UPDATE budgets SET reserved = reserved + r.cost_amount
+     WHERE tenant_id = t AND id = r.budget_id AND reserved + spent + r.cost_amount <= hard_cap;
+    IF NOT FOUND THEN
+        PERFORM loyalty_refuse('budget_exhausted', format('budget %s is exhausted', r.budget_id));
+    END IF;
+    RETURN answer;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION redeem_issuance(p_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    t uuid := current_tenant_id();
+    i issuances%ROWTYPE;
+BEGIN
+    SELECT * INTO i FROM issuances WHERE tenant_id = t AND id = p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM loyalty_refuse('not_found', format('issuance %s not found', p_id));
+    ELSIF i.status = 'redeemed' THEN
+        RETURN issuance_json(p_id, true);
+    ELSIF i.status <> 'issued' THEN
+        PERFORM loyalty_refuse('invalid_state', format('issuance %s is %s', p_id, i.status));
+    ELSIF i.expires_at <= now() THEN
+        PERFORM loyalty_refuse('invalid_state', format('issuance %s expired at %s', p_id, i.expires_at));
+    END IF;
+    UPDATE issuances SET status = 'redeemed', redeemed_at = now() WHERE tenant_id = t AND id = p_id;
+    UPDATE budgets SET reserved = reserved - i.cost_amount, spent = spent + i.cost_amount
+     WHERE tenant_id = t AND id = i.budget_id;
+    INSERT INTO ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
+    VALUES (t, i.budget_id, 'commit', i.cost_amount, i.currency, 'issuance', p_id);
+    RETURN issuance_json(p_id, false);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION end_issuances(p_ids uuid[], p_status text) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    t uuid := current_tenant_id();
+    ended uuid[];
+BEGIN
+    IF p_status NOT IN ('cancelled', 'expired') THEN
+        PERFORM loyalty_refuse('invalid_state', format('cannot end issuances as %s', p_status));
+    END IF;
+    SELECT array_agg(id) INTO ended FROM (
+        SELECT id FROM issuances
+         WHERE tenant_id = t AND id = ANY (p_ids) AND status = 'issued'
+         ORDER BY id
+           FOR UPDATE
+    ) s;
+    IF ended IS NULL THEN
+        RETURN 0;
+    END IF;
+    IF p_status = 'cancelled' THEN
+        PERFORM 1 FROM rules
+         WHERE tenant_id = t AND global_limit IS NOT NULL
+           AND id IN (SELECT rule_id FROM issuances WHERE tenant_id = t AND id = ANY (ended))
+         ORDER BY id
+           FOR NO KEY UPDATE;
+    END IF;
+    PERFORM 1 FROM budgets
+     WHERE tenant_id = t
+       AND id IN (SELECT budget_id FROM issuances WHERE tenant_id = t AND id = ANY (ended))
+     ORDER BY id
+       FOR NO KEY UPDATE;
+    WITH codes AS (
+        UPDATE voucher_codes
+           SET status = CASE WHEN p_status = 'cancelled' AND status = 'reserved'
+                             THEN 'available' ELSE 'invalid' END,
+               issuance_id = NULL
+         WHERE tenant_id = t AND issuance_id = ANY (ended)
+        RETURNING id, status
+    )
+    UPDATE issuances i
+       SET status = p_status,
+           -- A code back in the pool belongs to whoever gets it next.
+           voucher_code_id = CASE WHEN EXISTS (SELECT 1 FROM codes
+                                                WHERE codes.id = i.voucher_code_id
+                                                  AND codes.status = 'available')
+                                  THEN NULL ELSE i.voucher_code_id END
+     WHERE i.tenant_id = t AND i.id = ANY (ended);
+    IF p_status = 'cancelled' THEN
+        UPDATE rules ru SET issued_count = ru.issued_count - s.n
+          FROM (SELECT rule_id, count(*) AS n FROM issuances
+                 WHERE tenant_id = t AND id = ANY (ended) GROUP BY rule_id) s
+         WHERE ru.tenant_id = t AND ru.id = s.rule_id AND ru.global_limit IS NOT NULL;
+    END IF;
+    UPDATE budgets b SET reserved = b.reserved - s.total
+      FROM (SELECT budget_id, sum(cost_amount) AS total FROM issuances
+             WHERE tenant_id = t AND id = ANY (ended) GROUP BY budget_id) s
+     WHERE b.tenant_id = t AND b.id = s.budget_id;
+    INSERT INTO ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
+    SELECT t, budget_id, 'release', cost_amount, currency, 'issuance', id
+      FROM issuances WHERE tenant_id = t AND id = ANY (ended);
+    RETURN cardinality(ended);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION move_budget(
+    p_budget_id uuid,
+    p_entry_type text,
+    p_amount numeric,
+    p_ref_type text,
+    p_ref_id uuid
+) RETURNS TABLE (outcome text, hard_cap numeric, reserved numeric, spent numeric)
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    t uuid := current_tenant_id();
+    b budgets%ROWTYPE;
+    booked numeric;
+    booked_on uuid;
+BEGIN
+    IF p_amount IS NULL OR p_amount <= 0 THEN
+        PERFORM loyalty_refuse('invalid_amount', 'amount must be positive');
+    END IF;
+    IF p_ref_type = 'issuance' THEN
+        -- Issuances book and settle their own entries; a direct movement
+        -- would leave an issued reward without its reservation.
+        PERFORM loyalty_refuse('invalid_state', 'ref_type issuance is reserved for issuances');
+    END IF;
+    SELECT * INTO b FROM budgets WHERE tenant_id = t AND id = p_budget_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'missing', NULL::numeric, NULL::numeric, NULL::numeric;
+        RETURN;
+    END IF;
+    SELECT amount, budget_id INTO booked, booked_on FROM ledger_entries
+     WHERE tenant_id = t AND entry_type = p_entry_type AND ref_type = p_ref_type AND ref_id = p_ref_id;
+    IF FOUND THEN
+        RETURN QUERY SELECT CASE WHEN booked = p_amount AND booked_on = p_budget_id THEN 'replayed'
+                                 ELSE 'conflicting_replay' END,
+                            b.hard_cap, b.reserved, b.spent;
+        RETURN;
+    END IF;
+    IF p_entry_type IN ('release', 'commit') THEN
+        IF NOT EXISTS (SELECT 1 FROM ledger_entries
+                        WHERE tenant_id = t AND budget_id = p_budget_id AND entry_type = 'reserve'
+                          AND ref_type = p_ref_type AND ref_id = p_ref_id AND amount = p_amount) THEN
+            RETURN QUERY SELECT 'not_reserved', b.hard_cap, b.reserved, b.spent;
+            RETURN;
+        END IF;
+        IF EXISTS (SELECT 1 FROM ledger_entries
+                    WHERE tenant_id = t AND entry_type IN ('release', 'commit')
+                      AND ref_type = p_ref_type AND ref_id = p_ref_id) THEN
+            RETURN QUERY SELECT 'already_settled', b.hard_cap, b.reserved, b.spent;
+            RETURN;
+        END IF;
+    ELSIF p_entry_type = 'reserve' AND b.reserved + b.spent + p_amount > b.hard_cap THEN
+        RETURN QUERY SELECT 'exhausted', b.hard_cap, b.reserved, b.spent;
+        RETURN;
+    END IF;
+    UPDATE budgets SET
+        reserved = reserved + CASE p_entry_type WHEN 'reserve' THEN p_amount
+                                                WHEN 'topup' THEN 0 ELSE -p_amount END,
+        spent = spent + CASE p_entry_type WHEN 'commit' THEN p_amount ELSE 0 END,
+        hard_cap = hard_cap + CASE p_entry_type WHEN 'topup' THEN p_amount ELSE 0 END
+    WHERE tenant_id = t AND id = p_budget_id
+    RETURNING * INTO b;
+    INSERT INTO ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
+    VALUES (t, p_budget_id, p_entry_type, p_amount, b.currency, p_ref_type, p_ref_id);
+    RETURN QUERY SELECT 'applied', b.hard_cap, b.reserved, b.spent;
 END
 $$;

@@ -187,6 +187,9 @@ pub trait BudgetRepository {
     ) -> impl Future<Output = Result<Vec<LedgerEntry>>> + Send;
     /// Every budget whose figures disagree with its ledger. Always empty,
     /// unless something wrote to the tables behind this crate's back.
+    ///
+    /// Issuances made through this guard reserve their cost at commit; this
+    /// reserves it first, so it can fail with [`Error::BudgetExhausted`].
     fn verify_ledger(&mut self) -> impl Future<Output = Result<Vec<LedgerMismatch>>> + Send;
 }
 
@@ -344,6 +347,9 @@ impl BudgetRepository for Budgets<'_> {
     }
 
     async fn verify_ledger(&mut self) -> Result<Vec<LedgerMismatch>> {
+        diesel::sql_query("SELECT settle_pending_reservations()")
+            .execute(self.0.conn())
+            .await?;
         Ok(diesel::sql_query(
             "SELECT b.id AS budget_id, b.hard_cap, b.reserved, b.spent, \
                     coalesce(l.topped_up, 0) AS ledger_hard_cap, \

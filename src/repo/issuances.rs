@@ -6,6 +6,15 @@
 //! checks, the locks and the writes run in the order that keeps concurrent
 //! callers correct, and the whole call is one round trip. A refusal is an
 //! error that rolls the statement back; nothing is half-written.
+//!
+//! One step waits for the commit: a single issuance reserves its cost on the
+//! budget inside `COMMIT`, from a deferred constraint trigger on its ledger
+//! entry. The budget row is shared by every issuance of a campaign, and
+//! locking it any earlier would make all of them queue behind each other's
+//! round trips to the client. `issue` still refuses an exhausted budget up
+//! front; only when concurrent issuances take the last of it between `issue`
+//! and `commit` does [`TenantConn::commit`] fail with
+//! [`Error::BudgetExhausted`], and then nothing of the guard's work is kept.
 
 use std::collections::HashSet;
 
@@ -173,7 +182,10 @@ pub trait IssuanceRepository {
     /// [`Error::BudgetExhausted`], [`Error::NotFound`],
     /// [`Error::InvalidState`], and [`Error::Conflict`] for a key used before
     /// with another rule or customer; they leave nothing written but end the
-    /// guard's transaction. Make one money-path call per guard (or use
+    /// guard's transaction. The budget reservation becomes binding at
+    /// commit, so [`TenantConn::commit`] can also return
+    /// [`Error::BudgetExhausted`] (see the module docs): treat the issuance
+    /// as given only once the commit succeeds. Make one money-path call per guard (or use
     /// [`issue_batch`](IssuanceRepository::issue_batch)): a guard holding one
     /// issuance's locks while waiting for another's can deadlock with a
     /// guard doing the same in the opposite order.
