@@ -509,12 +509,14 @@ async fn batch_issues_everything_or_nothing() {
         .await
         .unwrap();
     assert!(replay.applied);
-    assert!(
-        replay
-            .items
-            .iter()
-            .all(|i| matches!(i.outcome, BatchOutcome::Replayed(_)))
-    );
+    for (again, first) in replay.items.iter().zip(&done.items) {
+        match (&again.outcome, &first.outcome) {
+            (BatchOutcome::Replayed(again), BatchOutcome::Issued(first)) => {
+                assert_eq!(again, first, "same issuance, same code")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
     let unknown = NewBatch::for_customers(p.rule, &[CustomerId::new()], "blast-3");
     let refused = tx.issuances().issue_batch(unknown).await.unwrap();
     assert!(!refused.applied && matches!(refused.items[0].outcome, BatchOutcome::CustomerNotFound));

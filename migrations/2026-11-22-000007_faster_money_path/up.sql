@@ -27,25 +27,15 @@ BEGIN
 END
 $$;
 
--- A batch looks its keys up one by one through the unique index. As a join,
--- the planner could hash every issuance of the tenant instead, a cost that
--- grows with the table rather than with the batch; LIMIT 1 keeps each lookup
--- a separate index probe.
-CREATE OR REPLACE FUNCTION batch_answer(p_applied boolean, p_items jsonb) RETURNS jsonb
-    LANGUAGE sql STABLE
-    AS $$
-    SELECT jsonb_build_object('applied', p_applied, 'items', coalesce(jsonb_agg(
-               jsonb_build_object('customer_id', x.customer_id, 'verdict', x.verdict,
-                                  'issuance_id', i.id, 'voucher_code', v.code)
-               ORDER BY x.n), '[]'))
-      FROM jsonb_to_recordset(p_items) AS x(n bigint, customer_id uuid, idempotency_key text, verdict text)
-      LEFT JOIN LATERAL (
-               SELECT id, tenant_id, voucher_code_id FROM issuances
-                WHERE tenant_id = current_tenant_id() AND idempotency_key = x.idempotency_key
-                LIMIT 1) i ON true
-      LEFT JOIN voucher_codes v ON v.tenant_id = i.tenant_id AND v.id = i.voucher_code_id
-$$;
+-- The batch builds its answer itself now.
+DROP FUNCTION batch_answer(boolean, jsonb);
 
+-- One reward for many customers, all or nothing, in a handful of set-based
+-- statements. Per-customer refusals (unknown or inactive customer, limit
+-- reached) are reported without writing anything: {"applied": false,
+-- "items": [...]}. Batch-wide ones (codes, global limit, budget) raise.
+-- Verdicts travel between the statements as arrays in input order, and the
+-- answer is built from them: only voucher codes are looked up again.
 CREATE OR REPLACE FUNCTION issue_reward_batch(
     p_rule_id uuid,
     p_customer_ids uuid[],
@@ -59,7 +49,9 @@ CREATE OR REPLACE FUNCTION issue_reward_batch(
 DECLARE
     t uuid := current_tenant_id();
     r record;
-    items jsonb;
+    verdicts text[];
+    prior_ids uuid[];
+    prior_codes uuid[];
     refused boolean;
     wanted integer;
     claimed integer;
@@ -72,19 +64,23 @@ BEGIN
     PERFORM pg_advisory_xact_lock(rule_lock(p_rule_id));
     SELECT * INTO r FROM issuance_context(p_rule_id);
 
+    -- Keys are looked up one by one through the unique index: as a join,
+    -- the planner may hash every issuance of the tenant instead, a cost that
+    -- grows with the table rather than with the batch.
     WITH input AS (
-        SELECT x.customer_id, x.idempotency_key, x.id, x.n
-          FROM unnest(p_customer_ids, p_idempotency_keys, p_ids) WITH ORDINALITY
-               AS x(customer_id, idempotency_key, id, n)
+        SELECT x.customer_id, x.idempotency_key, x.n
+          FROM unnest(p_customer_ids, p_idempotency_keys) WITH ORDINALITY
+               AS x(customer_id, idempotency_key, n)
     ), known AS (
-        SELECT input.n, i.rule_id = p_rule_id AND i.customer_id = input.customer_id AS same
+        SELECT input.n, i.id, i.voucher_code_id,
+               i.rule_id = p_rule_id AND i.customer_id = input.customer_id AS same
           FROM input
           JOIN LATERAL (
-                   SELECT rule_id, customer_id FROM issuances
+                   SELECT id, rule_id, customer_id, voucher_code_id FROM issuances
                     WHERE tenant_id = t AND idempotency_key = input.idempotency_key
                     LIMIT 1) i ON true
     ), fresh AS (
-        SELECT input.*, row_number() OVER (PARTITION BY input.customer_id ORDER BY input.n) AS nth
+        SELECT input.n, row_number() OVER (PARTITION BY input.customer_id ORDER BY input.n) AS nth
           FROM input
          WHERE NOT EXISTS (SELECT 1 FROM known WHERE known.n = input.n)
     ), prior AS (
@@ -95,7 +91,7 @@ BEGIN
            AND status <> 'cancelled'
          GROUP BY customer_id
     ), judged AS (
-        SELECT input.n, input.customer_id, input.idempotency_key, input.id,
+        SELECT input.n, known.id AS known_id, known.voucher_code_id AS known_code, known.same,
                CASE
                    WHEN known.same THEN 'replayed'
                    WHEN known.n IS NOT NULL THEN 'idempotency_conflict'
@@ -112,84 +108,94 @@ BEGIN
           LEFT JOIN customers c ON c.tenant_id = t AND c.id = input.customer_id
           LEFT JOIN prior ON prior.customer_id = input.customer_id
     )
-    SELECT jsonb_agg(jsonb_build_object('n', n, 'customer_id', customer_id,
-                                        'idempotency_key', idempotency_key, 'verdict', verdict)
-                     ORDER BY n),
+    SELECT array_agg(verdict ORDER BY n),
+           array_agg(CASE WHEN same THEN known_id END ORDER BY n),
+           array_agg(CASE WHEN same THEN known_code END ORDER BY n),
            bool_or(verdict NOT IN ('issue', 'replayed')),
            count(*) FILTER (WHERE verdict = 'issue')
-      INTO items, refused, wanted
+      INTO verdicts, prior_ids, prior_codes, refused, wanted
       FROM judged;
-    IF refused OR wanted = 0 THEN
-        RETURN batch_answer(NOT refused, items);
-    END IF;
 
-    -- Codes, issuances and ledger entries in one statement; the issuances'
-    -- idempotency keys were checked above, so every row must go in. The
-    -- batch reserves its whole cost below in one update, so its ledger
-    -- entries must not also reserve at commit.
-    PERFORM set_config('loyalty.batch_reserved', 'on', true);
-    WITH fresh AS (
-        SELECT x.n, x.customer_id, x.idempotency_key, x.id, row_number() OVER (ORDER BY x.n) AS k
-          FROM unnest(p_customer_ids, p_idempotency_keys, p_ids) WITH ORDINALITY
-               AS x(customer_id, idempotency_key, id, n)
-          JOIN jsonb_to_recordset(items) AS j(n bigint, verdict text) ON j.n = x.n
-         WHERE j.verdict = 'issue'
-    ), free AS (
-        SELECT id FROM voucher_codes
-         WHERE r.uses_codes AND tenant_id = t AND reward_id = r.reward_id AND status = 'available'
-         LIMIT wanted
-           FOR UPDATE SKIP LOCKED
-    ), paired AS (
-        SELECT fresh.*, codes.id AS code_id
-          FROM fresh
-          LEFT JOIN (SELECT id, row_number() OVER () AS k FROM free) codes USING (k)
-    ), claimed AS (
-        UPDATE voucher_codes v SET status = 'reserved', issuance_id = paired.id
-          FROM paired
-         WHERE v.tenant_id = t AND v.id = paired.code_id
-        RETURNING v.id
-    ), added AS (
-        INSERT INTO issuances (tenant_id, id, campaign_id, rule_id, customer_id, reward_id, budget_id,
-                               voucher_code_id, status, cost_amount, currency, idempotency_key, expires_at)
-        SELECT t, id, r.campaign_id, p_rule_id, customer_id, r.reward_id, r.budget_id,
-               code_id, 'issued', r.cost_amount, r.currency, idempotency_key, p_expires_at
-          FROM paired
-         ORDER BY n
-        ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
-        RETURNING id
-    ), booked AS (
-        INSERT INTO ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
-        SELECT t, r.budget_id, 'reserve', r.cost_amount, r.currency, 'issuance', id FROM added
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM claimed), (SELECT count(*) FROM added) INTO claimed, inserted;
-    PERFORM set_config('loyalty.batch_reserved', '', true);
-    IF r.uses_codes AND claimed < wanted THEN
-        PERFORM loyalty_refuse('no_codes_available',
-            format('%s voucher codes needed for reward %s, %s free', wanted, r.reward_id, claimed));
-    END IF;
-    IF inserted < wanted THEN
-        RAISE EXCEPTION 'a concurrent call issued some of these idempotency keys; retry the batch'
-            USING ERRCODE = '40001';
-    END IF;
+    IF NOT refused AND wanted > 0 THEN
+        -- Codes, issuances and ledger entries in one statement; the
+        -- issuances' idempotency keys were checked above, so every row must
+        -- go in. The batch reserves its whole cost below in one update, so
+        -- its ledger entries must not also reserve at commit.
+        PERFORM set_config('loyalty.batch_reserved', 'on', true);
+        WITH fresh AS (
+            SELECT x.n, x.customer_id, x.idempotency_key, x.id, row_number() OVER (ORDER BY x.n) AS k
+              FROM unnest(p_customer_ids, p_idempotency_keys, p_ids, verdicts) WITH ORDINALITY
+                   AS x(customer_id, idempotency_key, id, verdict, n)
+             WHERE x.verdict = 'issue'
+        ), free AS (
+            SELECT id FROM voucher_codes
+             WHERE r.uses_codes AND tenant_id = t AND reward_id = r.reward_id AND status = 'available'
+             LIMIT wanted
+               FOR UPDATE SKIP LOCKED
+        ), paired AS (
+            SELECT fresh.*, codes.id AS code_id
+              FROM fresh
+              LEFT JOIN (SELECT id, row_number() OVER () AS k FROM free) codes USING (k)
+        ), claimed AS (
+            UPDATE voucher_codes v SET status = 'reserved', issuance_id = paired.id
+              FROM paired
+             WHERE v.tenant_id = t AND v.id = paired.code_id
+            RETURNING v.id
+        ), added AS (
+            INSERT INTO issuances (tenant_id, id, campaign_id, rule_id, customer_id, reward_id, budget_id,
+                                   voucher_code_id, status, cost_amount, currency, idempotency_key, expires_at)
+            SELECT t, id, r.campaign_id, p_rule_id, customer_id, r.reward_id, r.budget_id,
+                   code_id, 'issued', r.cost_amount, r.currency, idempotency_key, p_expires_at
+              FROM paired
+             ORDER BY n
+            ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+            RETURNING id
+        ), booked AS (
+            INSERT INTO ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
+            SELECT t, r.budget_id, 'reserve', r.cost_amount, r.currency, 'issuance', id FROM added
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM claimed), (SELECT count(*) FROM added) INTO claimed, inserted;
+        PERFORM set_config('loyalty.batch_reserved', '', true);
+        IF r.uses_codes AND claimed < wanted THEN
+            PERFORM loyalty_refuse('no_codes_available',
+                format('%s voucher codes needed for reward %s, %s free', wanted, r.reward_id, claimed));
+        END IF;
+        IF inserted < wanted THEN
+            RAISE EXCEPTION 'a concurrent call issued some of these idempotency keys; retry the batch'
+                USING ERRCODE = '40001';
+        END IF;
 
-    IF r.global_limit IS NOT NULL THEN
-        UPDATE rules SET issued_count = issued_count + wanted
-         WHERE tenant_id = t AND id = p_rule_id AND issued_count + wanted <= global_limit;
+        IF r.global_limit IS NOT NULL THEN
+            UPDATE rules SET issued_count = issued_count + wanted
+             WHERE tenant_id = t AND id = p_rule_id AND issued_count + wanted <= global_limit;
+            IF NOT FOUND THEN
+                PERFORM loyalty_refuse('global_limit_reached',
+                    format('rule %s cannot issue %s more within its global limit', p_rule_id, wanted));
+            END IF;
+        END IF;
+        UPDATE budgets SET reserved = reserved + r.cost_amount * wanted
+         WHERE tenant_id = t AND id = r.budget_id
+           AND reserved + spent + r.cost_amount * wanted <= hard_cap;
         IF NOT FOUND THEN
-            PERFORM loyalty_refuse('global_limit_reached',
-                format('rule %s cannot issue %s more within its global limit', p_rule_id, wanted));
+            PERFORM loyalty_refuse('budget_exhausted',
+                format('budget %s cannot cover %s issuances', r.budget_id, wanted));
         END IF;
     END IF;
-    UPDATE budgets SET reserved = reserved + r.cost_amount * wanted
-     WHERE tenant_id = t AND id = r.budget_id
-       AND reserved + spent + r.cost_amount * wanted <= hard_cap;
-    IF NOT FOUND THEN
-        PERFORM loyalty_refuse('budget_exhausted',
-            format('budget %s cannot cover %s issuances', r.budget_id, wanted));
-    END IF;
 
-    RETURN batch_answer(true, items);
+    RETURN (
+        SELECT jsonb_build_object('applied', NOT refused, 'items', jsonb_agg(
+                   jsonb_build_object('customer_id', x.customer_id, 'verdict', x.verdict,
+                                      'issuance_id', coalesce(x.issued_id, x.prior_id),
+                                      'voucher_code', coalesce(claimed.code, replayed.code))
+                   ORDER BY x.n))
+          FROM (SELECT x.*, CASE WHEN x.verdict = 'issue' AND NOT refused THEN x.id END AS issued_id
+                  FROM unnest(p_customer_ids, p_ids, verdicts, prior_ids, prior_codes)
+                       WITH ORDINALITY AS x(customer_id, id, verdict, prior_id, prior_code, n)) x
+          LEFT JOIN voucher_codes claimed
+            ON r.uses_codes AND claimed.tenant_id = t AND claimed.issuance_id = x.issued_id
+          LEFT JOIN voucher_codes replayed
+            ON replayed.tenant_id = t AND replayed.id = x.prior_code);
 END
 $$;
 

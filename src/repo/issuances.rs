@@ -26,7 +26,6 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::ids::{
@@ -242,7 +241,7 @@ diesel::define_sql_function!(fn cancel_issuance(id: SqlUuid) -> Jsonb);
 diesel::define_sql_function!(fn expire_issuances(now: Timestamptz, batch: Integer) -> Integer);
 
 /// A `jsonb` answer parsed straight into `T`, without an intermediate
-/// `serde_json::Value` tree: the issuance hot path reads one per call.
+/// `serde_json::Value` tree: every money-path call reads one.
 struct JsonAnswer<T>(T);
 
 impl<T: serde::de::DeserializeOwned> FromSql<Jsonb, Pg> for JsonAnswer<T> {
@@ -261,12 +260,6 @@ impl<T: serde::de::DeserializeOwned> Queryable<Jsonb, Pg> for JsonAnswer<T> {
     fn build(row: Self) -> diesel::deserialize::Result<Self> {
         Ok(row)
     }
-}
-
-fn decode<T: serde::de::DeserializeOwned>(json: Value) -> Result<T> {
-    serde_json::from_value(json).map_err(|e| Error::InvalidState {
-        reason: format!("unreadable answer from the database: {e}"),
-    })
 }
 
 fn validate_key(key: &str) -> Result<()> {
@@ -358,7 +351,7 @@ impl IssuanceRepository for Issuances<'_> {
         let (customers, keys): (Vec<CustomerId>, Vec<String>) =
             batch.recipients.into_iter().unzip();
         let ids: Vec<IssuanceId> = customers.iter().map(|_| IssuanceId::new()).collect();
-        let json: Value = diesel::select(issue_reward_batch(
+        let JsonAnswer(raw): JsonAnswer<RawBatch> = diesel::select(issue_reward_batch(
             batch.rule_id,
             customers,
             keys,
@@ -367,7 +360,6 @@ impl IssuanceRepository for Issuances<'_> {
         ))
         .get_result(self.0.conn())
         .await?;
-        let raw: RawBatch = decode(json)?;
         let items = raw
             .items
             .unwrap_or_default()
@@ -381,17 +373,17 @@ impl IssuanceRepository for Issuances<'_> {
     }
 
     async fn redeem(&mut self, id: IssuanceId) -> Result<Issued> {
-        let json: Value = diesel::select(redeem_issuance(id))
+        let JsonAnswer(redeemed) = diesel::select(redeem_issuance(id))
             .get_result(self.0.conn())
             .await?;
-        decode(json)
+        Ok(redeemed)
     }
 
     async fn cancel(&mut self, id: IssuanceId) -> Result<Issued> {
-        let json: Value = diesel::select(cancel_issuance(id))
+        let JsonAnswer(cancelled) = diesel::select(cancel_issuance(id))
             .get_result(self.0.conn())
             .await?;
-        decode(json)
+        Ok(cancelled)
     }
 
     async fn expire_due(&mut self, now: DateTime<Utc>, batch: u32) -> Result<u32> {
