@@ -8,7 +8,7 @@
 //!    included), binary COPY over tokio-postgres into a staging table, and
 //!    `psql \copy` of the same file straight into the table.
 //!
-//! The single-issuance paths take turns for three rounds per worker count and
+//! Every measurement is repeated for five rounds, the paths taking turns, and
 //! the median round is shown: the two-core machine drifts too much for one
 //! run each to compare them.
 //!
@@ -31,7 +31,8 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 
 const CUSTOMERS: usize = 1000;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
+const BATCHES: usize = 10;
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/sql/issue.sql");
 
 struct Setup {
@@ -226,9 +227,9 @@ fn pgbench_issuances(db: &TestDb, s: &Setup, clients: usize, run: Duration) -> M
     summarize(latencies, run)
 }
 
-async fn batch_issuances(store: &Store, s: &Setup, batches: usize) -> f64 {
+async fn batch_issuances(store: &Store, s: &Setup, round: usize, batches: usize) -> f64 {
     let started = Instant::now();
-    for b in 0..batches {
+    for b in (0..batches).map(|b| round * batches + b) {
         let mut tx = store.tenant(s.tenant).await.unwrap();
         let report = tx
             .issuances()
@@ -420,28 +421,49 @@ async fn main() {
         );
     }
 
-    vacuum_hot_rows(&store).await;
-    let batched = batch_issuances(&store, &s, 20).await;
+    let mut batched = Vec::new();
+    for round in 0..ROUNDS {
+        vacuum_hot_rows(&store).await;
+        batched.push(batch_issuances(&store, &s, round, BATCHES).await);
+    }
+    batched.sort_by(f64::total_cmp);
     println!();
-    println!("issue_batch: {batched:.0} issuances/s ({CUSTOMERS} customers per call, 20 calls)");
+    println!(
+        "issue_batch: {:.0} issuances/s ({CUSTOMERS} customers per call, {BATCHES} calls per round, median of {ROUNDS} rounds)",
+        batched[ROUNDS / 2]
+    );
 
     let codes: Vec<String> = (0..code_count).map(|i| format!("BENCH-{i:09}")).collect();
     let file = tempfile::NamedTempFile::new().unwrap();
-    let copy_reward = fresh_reward(&store, s.tenant, "psql copy").await;
-    let csv: String = codes
-        .iter()
-        .map(|c| format!("{},{copy_reward},{c}\n", s.tenant))
-        .collect();
-    std::fs::write(file.path(), csv).unwrap();
-    // psql runs as another process: make the file readable to it.
-    let psql_time = import_with_psql_copy(db.url(), file.path());
-    let unnest_reward = fresh_reward(&store, s.tenant, "unnest").await;
-    let unnest_time = import_with_crate(&store, s.tenant, unnest_reward, &codes).await;
-    let binary_reward = fresh_reward(&store, s.tenant, "binary copy").await;
-    let binary_time = import_with_binary_copy(db.url(), s.tenant, binary_reward, &codes).await;
+    let (mut psql, mut unnest, mut binary) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        // Each import fills a new reward, and the order rotates so that no
+        // path always meets the largest table.
+        for turn in 0..3 {
+            let reward = fresh_reward(&store, s.tenant, &format!("import {round}.{turn}")).await;
+            match (round + turn) % 3 {
+                0 => {
+                    let csv: String = codes
+                        .iter()
+                        .map(|c| format!("{},{reward},{c}\n", s.tenant))
+                        .collect();
+                    std::fs::write(file.path(), csv).unwrap();
+                    psql.push(import_with_psql_copy(db.url(), file.path()));
+                }
+                1 => unnest.push(import_with_crate(&store, s.tenant, reward, &codes).await),
+                _ => binary.push(import_with_binary_copy(db.url(), s.tenant, reward, &codes).await),
+            }
+        }
+    }
+    let median_time = |mut times: Vec<Duration>| {
+        times.sort();
+        times[times.len() / 2]
+    };
+    let (psql_time, unnest_time, binary_time) =
+        (median_time(psql), median_time(unnest), median_time(binary));
     let rate = |d: Duration| code_count as f64 / d.as_secs_f64();
     println!();
-    println!("voucher-code import, {code_count} codes");
+    println!("voucher-code import, {code_count} codes: {ROUNDS} rounds, median shown");
     println!("| path | rows/s | vs psql \\copy |");
     println!("|---|---|---|");
     println!(
