@@ -11,7 +11,7 @@ use loyalty_store::prelude::*;
 use loyalty_store::repo::issuances::{BatchOutcome, Issued};
 use loyalty_store::repo::voucher_codes::{StatusCounts, VoucherStatus};
 use loyalty_store::testing::TestDb;
-use loyalty_store::{Cursor, LimitScope};
+use loyalty_store::{Config, Cursor, LimitScope};
 
 #[tokio::test]
 async fn issue_reserves_budget_claims_a_code_and_replays_by_key() {
@@ -842,4 +842,97 @@ async fn an_issuance_settled_in_its_own_transaction_is_reserved_first() {
     let b = budget(store, &p).await;
     assert_eq!((b.reserved, b.spent), (money("0"), money("2.50")));
     assert_books_balance(store, p.tenant).await;
+}
+
+#[tokio::test]
+async fn a_retry_that_waited_while_its_first_delivery_used_up_the_budget_replays() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let p = programme(
+        store,
+        Knobs {
+            hard_cap: 2,
+            cost: "2",
+            ..Knobs::default()
+        },
+    )
+    .await;
+    let ada = customers(store, p.tenant, 1).await[0];
+    let mut first = store.tenant(p.tenant).await.unwrap();
+    let issued = first
+        .issuances()
+        .issue(issue_to(&p, ada, "order-7"))
+        .await
+        .unwrap();
+    // A batch on the rule queues for its exclusive lock behind the first
+    // delivery, and the retry queues behind the batch, after its first
+    // replay check has found nothing committed.
+    let batch = tokio::spawn({
+        let (store, p) = (store.clone(), p);
+        async move {
+            let mut batch = store.tenant(p.tenant).await.unwrap();
+            batch
+                .conn()
+                .batch_execute(&format!(
+                    "SELECT pg_advisory_xact_lock(rule_lock('{}'))",
+                    p.rule
+                ))
+                .await
+                .unwrap();
+            batch.rollback().await;
+        }
+    });
+    wait_for_advisory_waiters(store, 1).await;
+    let retry = tokio::spawn({
+        let (store, p) = (store.clone(), p);
+        async move { issue(&store, &p, ada, "order-7").await }
+    });
+    wait_for_advisory_waiters(store, 2).await;
+    first.commit().await.unwrap(); // the budget is now full
+    batch.await.unwrap();
+    let again = retry.await.unwrap().unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.issuance.id, issued.issuance.id);
+    assert_books_balance(store, p.tenant).await;
+}
+
+#[tokio::test]
+async fn a_batch_flag_left_in_the_session_does_not_skip_a_reservation() {
+    let db = TestDb::new().await;
+    let store = Store::connect(Config::from_url(db.url()).unwrap().with_pool_size(1))
+        .await
+        .unwrap();
+    let p = programme(&store, Knobs::default()).await;
+    let ada = customers(&store, p.tenant, 1).await[0];
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    tx.conn()
+        .batch_execute("SET SESSION loyalty.batch_reserved = 'on'")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // The pool's only connection, still carrying the session setting.
+    issue(&store, &p, ada, "k").await.unwrap();
+    assert_eq!(budget(&store, &p).await.reserved, money("2.50"));
+    assert_books_balance(&store, p.tenant).await;
+}
+
+async fn wait_for_advisory_waiters(store: &Store, count: i64) {
+    #[derive(diesel::QueryableByName)]
+    struct Waiting {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut watcher = store.raw_connection().await.unwrap();
+    loop {
+        let waiting: Waiting = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        )
+        .get_result(&mut *watcher)
+        .await
+        .unwrap();
+        if waiting.n >= count {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

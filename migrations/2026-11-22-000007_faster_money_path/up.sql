@@ -120,8 +120,10 @@ BEGIN
         -- Codes, issuances and ledger entries in one statement; the
         -- issuances' idempotency keys were checked above, so every row must
         -- go in. The batch reserves its whole cost below in one update, so
-        -- its ledger entries must not also reserve at commit.
-        PERFORM set_config('loyalty.batch_reserved', 'on', true);
+        -- its ledger entries must not also reserve at commit. The flag names
+        -- this transaction, so a value set earlier in the session, or by
+        -- anyone else, never matches.
+        PERFORM set_config('loyalty.batch_reserved', pg_current_xact_id()::text, true);
         WITH fresh AS (
             SELECT x.n, x.customer_id, x.idempotency_key, x.id, row_number() OVER (ORDER BY x.n) AS k
               FROM unnest(p_customer_ids, p_idempotency_keys, p_ids, verdicts) WITH ORDINALITY
@@ -184,11 +186,11 @@ BEGIN
     END IF;
 
     RETURN (
-        SELECT jsonb_build_object('applied', NOT refused, 'items', jsonb_agg(
+        SELECT jsonb_build_object('applied', NOT refused, 'items', coalesce(jsonb_agg(
                    jsonb_build_object('customer_id', x.customer_id, 'verdict', x.verdict,
                                       'issuance_id', coalesce(x.issued_id, x.prior_id),
                                       'voucher_code', coalesce(claimed.code, replayed.code))
-                   ORDER BY x.n))
+                   ORDER BY x.n), '[]'))
           FROM (SELECT x.*, CASE WHEN x.verdict = 'issue' AND NOT refused THEN x.id END AS issued_id
                   FROM unnest(p_customer_ids, p_ids, verdicts, prior_ids, prior_codes)
                        WITH ORDINALITY AS x(customer_id, id, verdict, prior_id, prior_code, n)) x
@@ -224,7 +226,8 @@ CREATE CONSTRAINT TRIGGER ledger_entries_reserve_at_commit
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW
     WHEN (NEW.entry_type = 'reserve' AND NEW.ref_type = 'issuance'
-          AND current_setting('loyalty.batch_reserved', true) IS DISTINCT FROM 'on')
+          AND current_setting('loyalty.batch_reserved', true)
+              IS DISTINCT FROM pg_current_xact_id()::text)
     EXECUTE FUNCTION reserve_issuance_at_commit();
 
 -- Applies this transaction's pending reservations now. Anything that moves
@@ -343,6 +346,12 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM budgets
                     WHERE tenant_id = t AND id = r.budget_id
                       AND reserved + spent + r.cost_amount <= hard_cap) THEN
+        -- The first delivery of this key may have committed, and taken the
+        -- last of the budget, while we waited for the rule lock.
+        prior := replayed_issuance(p_idempotency_key, p_rule_id, p_customer_id);
+        IF prior IS NOT NULL THEN
+            RETURN issuance_json(prior, true);
+        END IF;
         PERFORM loyalty_refuse('budget_exhausted', format('budget %s is exhausted', r.budget_id));
     END IF;
     IF r.per_customer_limit IS NOT NULL THEN
@@ -430,6 +439,10 @@ BEGIN
 END
 $$;
 
+-- Pending reservations are settled first, before the rules and budgets are
+-- locked in id order. That takes this transaction's budgets early, but only
+-- a guard that issues and then ends issuances holds any, and such a guard
+-- already held them before the trigger existed.
 CREATE OR REPLACE FUNCTION end_issuances(p_ids uuid[], p_status text) RETURNS integer
     LANGUAGE plpgsql
     AS $$

@@ -22,8 +22,9 @@ BEGIN
     INSERT INTO reward_catalog (tenant_id, name, type, cost_amount, currency, uses_codes)
         VALUES (t, 'Coffee', 'voucher', 5, 'USD', true)
         RETURNING id INTO reward;
-    INSERT INTO budgets (tenant_id, name, currency, hard_cap, reserved)
-        VALUES (t, 'Main', 'USD', 1000, 5)
+    -- The issuance's ledger entry reserves its 5 on the budget at commit.
+    INSERT INTO budgets (tenant_id, name, currency, hard_cap)
+        VALUES (t, 'Main', 'USD', 1000)
         RETURNING id INTO budget;
     INSERT INTO ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
         VALUES (t, budget, 'reserve', 5, 'USD', 'issuance', issuance);
