@@ -2,6 +2,10 @@ DROP TRIGGER ledger_entries_reserve_at_commit ON ledger_entries;
 DROP FUNCTION reserve_issuance_at_commit();
 DROP FUNCTION settle_pending_reservations();
 
+DROP INDEX issuances_status_expires_idx;
+CREATE INDEX issuances_status_expires_idx ON issuances (tenant_id, status, expires_at)
+    WHERE status IN ('issued', 'reserved');
+
 -- Restores the definitions of 2026-11-22-000001 and 2026-11-22-000006.
 
 CREATE OR REPLACE FUNCTION is_iso4217(code text) RETURNS boolean
