@@ -126,10 +126,10 @@ struct Measured {
     p99: Duration,
 }
 
-/// The run with the median throughput.
-fn median(mut runs: Vec<Measured>) -> Measured {
-    runs.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
-    runs.swap_remove(runs.len() / 2)
+/// The round whose `key` is the median.
+fn median<T>(mut rounds: Vec<T>, key: impl Fn(&T) -> f64) -> T {
+    rounds.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    rounds.swap_remove(rounds.len() / 2)
 }
 
 fn summarize(mut latencies: Vec<Duration>, run: Duration) -> Measured {
@@ -350,7 +350,7 @@ fn import_with_psql_copy(url: &str, file: &Path) -> Duration {
 /// the pool's backends cache generic plans made while `issuances` was empty,
 /// and without fresh statistics nothing replaces them as the table grows
 /// (pgbench, reconnecting each run, would be measured with better plans).
-async fn vacuum_hot_rows(store: &Store) {
+async fn vacuum_analyze(store: &Store) {
     let mut conn = store.raw_connection().await.unwrap();
     conn.batch_execute("VACUUM ANALYZE budgets, rules, issuances, ledger_entries")
         .await
@@ -397,7 +397,7 @@ async fn main() {
         // turns, each starting from freshly vacuumed hot rows.
         for round in 0..ROUNDS {
             for crate_first in [round % 2 == 1, round % 2 == 0] {
-                vacuum_hot_rows(&store).await;
+                vacuum_analyze(&store).await;
                 if crate_first {
                     ours.push(crate_issuances(&sized, &s, workers, run).await);
                 } else {
@@ -405,7 +405,8 @@ async fn main() {
                 }
             }
         }
-        let (floor, ours) = (median(floor), median(ours));
+        let by_rate = |m: &Measured| m.per_second;
+        let (floor, ours) = (median(floor, by_rate), median(ours, by_rate));
         println!(
             "| pgbench, benches/sql/issue.sql | {workers} | {:.0} | {} | {} | |",
             floor.per_second,
@@ -423,14 +424,13 @@ async fn main() {
 
     let mut batched = Vec::new();
     for round in 0..ROUNDS {
-        vacuum_hot_rows(&store).await;
+        vacuum_analyze(&store).await;
         batched.push(batch_issuances(&store, &s, round, BATCHES).await);
     }
-    batched.sort_by(f64::total_cmp);
     println!();
     println!(
         "issue_batch: {:.0} issuances/s ({CUSTOMERS} customers per call, {BATCHES} calls per round, median of {ROUNDS} rounds)",
-        batched[ROUNDS / 2]
+        median(batched, |rate| *rate)
     );
 
     let codes: Vec<String> = (0..code_count).map(|i| format!("BENCH-{i:09}")).collect();
@@ -455,10 +455,7 @@ async fn main() {
             }
         }
     }
-    let median_time = |mut times: Vec<Duration>| {
-        times.sort();
-        times[times.len() / 2]
-    };
+    let median_time = |times| median(times, Duration::as_secs_f64);
     let (psql_time, unnest_time, binary_time) =
         (median_time(psql), median_time(unnest), median_time(binary));
     let rate = |d: Duration| code_count as f64 / d.as_secs_f64();

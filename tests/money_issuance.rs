@@ -6,7 +6,7 @@ use chrono::{Duration, Utc};
 use common::{
     Knobs, assert_books_balance, budget, customers, import_codes, issue, issue_to, money, programme,
 };
-use diesel_async::SimpleAsyncConnection;
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use loyalty_store::prelude::*;
 use loyalty_store::repo::issuances::{BatchOutcome, Issued};
 use loyalty_store::repo::voucher_codes::{StatusCounts, VoucherStatus};
@@ -775,8 +775,6 @@ async fn issuance_reservations_cannot_be_settled_through_the_budget_api() {
     tx.commit().await.unwrap();
     assert_books_balance(store, p.tenant).await;
 }
-
-use diesel_async::RunQueryDsl;
 
 #[tokio::test]
 async fn a_reservation_that_no_longer_fits_is_refused_at_commit() {
