@@ -8,7 +8,7 @@ use common::{
 };
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use loyalty_store::prelude::*;
-use loyalty_store::repo::issuances::{BatchOutcome, Issued};
+use loyalty_store::repo::issuances::{BatchIssuance, BatchOutcome, Issued};
 use loyalty_store::repo::voucher_codes::{StatusCounts, VoucherStatus};
 use loyalty_store::testing::TestDb;
 use loyalty_store::{Config, Cursor, LimitScope};
@@ -543,6 +543,101 @@ async fn batch_issues_everything_or_nothing() {
 
     let b = budget(store, &p).await;
     assert_eq!(b.reserved, money("15.00"));
+    assert_books_balance(store, p.tenant).await;
+}
+
+/// Pooled connections keep plpgsql's generic plans, made without the
+/// arguments' values, after a function's fifth call; the batch must judge
+/// the same under them.
+#[tokio::test]
+async fn batch_judges_alike_under_generic_plans() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let p = programme(
+        store,
+        Knobs {
+            uses_codes: true,
+            per_customer_limit: Some(2),
+            ..Knobs::default()
+        },
+    )
+    .await;
+    import_codes(store, &p, 10).await;
+    let people = customers(store, p.tenant, 3).await;
+    let (ada, bo, cy) = (people[0], people[1], people[2]);
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    tx.conn()
+        .batch_execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        .await
+        .unwrap();
+    let batch = |recipients: &[(CustomerId, &str)]| NewBatch {
+        recipients: recipients
+            .iter()
+            .map(|(c, k)| (*c, k.to_string()))
+            .collect(),
+        ..NewBatch::for_customers(p.rule, &[], "")
+    };
+    let first = tx
+        .issuances()
+        .issue_batch(batch(&[(ada, "a1"), (bo, "b1"), (ada, "a2")]))
+        .await
+        .unwrap();
+    assert!(first.applied);
+    let issued: Vec<BatchIssuance> = first
+        .items
+        .iter()
+        .map(|i| match &i.outcome {
+            BatchOutcome::Issued(issued) => issued.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let codes: std::collections::HashSet<_> = issued
+        .iter()
+        .map(|i| i.voucher_code.clone().unwrap())
+        .collect();
+    assert_eq!(codes.len(), 3, "three different codes");
+
+    // Ada's third would pass her limit of two; the batch is held.
+    let over = tx
+        .issuances()
+        .issue_batch(batch(&[(cy, "c1"), (ada, "a3")]))
+        .await
+        .unwrap();
+    assert!(!over.applied);
+    assert!(matches!(over.items[0].outcome, BatchOutcome::Held));
+    assert!(matches!(over.items[1].outcome, BatchOutcome::LimitReached));
+
+    let mixed = tx
+        .issuances()
+        .issue_batch(batch(&[(bo, "b1"), (cy, "c1"), (cy, "a1")]))
+        .await
+        .unwrap();
+    assert!(!mixed.applied);
+    assert_eq!(
+        mixed.items[0].outcome,
+        BatchOutcome::Replayed(issued[1].clone())
+    );
+    assert!(matches!(mixed.items[1].outcome, BatchOutcome::Held));
+    assert!(matches!(
+        mixed.items[2].outcome,
+        BatchOutcome::IdempotencyConflict
+    ));
+
+    let replay = tx
+        .issuances()
+        .issue_batch(batch(&[(ada, "a1"), (bo, "b1"), (ada, "a2"), (cy, "c2")]))
+        .await
+        .unwrap();
+    assert!(replay.applied);
+    for (again, first) in replay.items.iter().zip(&issued) {
+        assert_eq!(again.outcome, BatchOutcome::Replayed(first.clone()));
+    }
+    let BatchOutcome::Issued(fourth) = &replay.items[3].outcome else {
+        panic!("{:?}", replay.items[3]);
+    };
+    assert!(!codes.contains(fourth.voucher_code.as_ref().unwrap()));
+    tx.commit().await.unwrap();
+    assert_eq!(budget(store, &p).await.reserved, money("10.00"));
     assert_books_balance(store, p.tenant).await;
 }
 
