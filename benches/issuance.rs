@@ -3,7 +3,8 @@
 //! 1. single issuances through the crate and through pgbench running
 //!    benches/sql/issue.sql (the same function, the same three round trips),
 //!    all on one shared budget, at 1, 8 and 32 workers;
-//! 2. `issue_batch` issuances per second;
+//! 2. `issue_batch` issuances per second, without and with voucher codes
+//!    and a per-customer limit;
 //! 3. voucher-code import: the crate (UNNEST in chunks, duplicate report
 //!    included), binary COPY over tokio-postgres into a staging table, and
 //!    `psql \copy` of the same file straight into the table.
@@ -38,6 +39,9 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/sql/issue.sql
 struct Setup {
     tenant: TenantId,
     rule: RuleId,
+    /// Same campaign, a reward with voucher codes and a per-customer limit:
+    /// the batch's heaviest path.
+    coded_rule: RuleId,
     customers: Vec<CustomerId>,
 }
 
@@ -83,20 +87,16 @@ async fn setup(store: &Store) -> Setup {
         .await
         .unwrap()
         .id;
-    let rule = tx
-        .rules()
-        .create(NewRule {
-            campaign_id: campaign,
-            name: "Any purchase".into(),
-            event_type: "purchase".into(),
-            conditions: json!({}),
-            reward_id: reward,
-            per_customer_limit: None,
-            global_limit: None,
-        })
-        .await
-        .unwrap()
-        .id;
+    let new_rule = |reward_id, per_customer_limit| NewRule {
+        campaign_id: campaign,
+        name: "Any purchase".into(),
+        event_type: "purchase".into(),
+        conditions: json!({}),
+        reward_id,
+        per_customer_limit,
+        global_limit: None,
+    };
+    let rule = tx.rules().create(new_rule(reward, None)).await.unwrap().id;
     // Ids pgbench can compute: md5(n)::uuid.
     tx.conn()
         .batch_execute(&format!(
@@ -113,9 +113,28 @@ async fn setup(store: &Store) -> Setup {
         .await
         .unwrap();
     tx.commit().await.unwrap();
+
+    let coded_reward = fresh_reward(store, tenant, "Coded").await;
+    let batched = ROUNDS * BATCHES;
+    let mut tx = store.tenant(tenant).await.unwrap();
+    let coded_rule = tx
+        .rules()
+        .create(new_rule(coded_reward, Some(batched as i32)))
+        .await
+        .unwrap()
+        .id;
+    let codes: Vec<String> = (0..batched * CUSTOMERS)
+        .map(|i| format!("COUPON-{i:09}"))
+        .collect();
+    tx.voucher_codes()
+        .import(coded_reward, &codes)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
     Setup {
         tenant,
         rule,
+        coded_rule,
         customers,
     }
 }
@@ -227,23 +246,23 @@ fn pgbench_issuances(db: &TestDb, s: &Setup, clients: usize, run: Duration) -> M
     summarize(latencies, run)
 }
 
-async fn batch_issuances(store: &Store, s: &Setup, round: usize, batches: usize) -> f64 {
+async fn batch_issuances(store: &Store, s: &Setup, rule: RuleId, round: usize) -> f64 {
     let started = Instant::now();
-    for b in (0..batches).map(|b| round * batches + b) {
+    for b in (0..BATCHES).map(|b| round * BATCHES + b) {
         let mut tx = store.tenant(s.tenant).await.unwrap();
         let report = tx
             .issuances()
             .issue_batch(NewBatch::for_customers(
-                s.rule,
+                rule,
                 &s.customers,
-                &format!("batch-{b}"),
+                &format!("batch-{rule}-{b}"),
             ))
             .await
             .unwrap();
         assert!(report.applied);
         tx.commit().await.unwrap();
     }
-    (batches * s.customers.len()) as f64 / started.elapsed().as_secs_f64()
+    (BATCHES * s.customers.len()) as f64 / started.elapsed().as_secs_f64()
 }
 
 async fn fresh_reward(store: &Store, tenant: TenantId, name: &str) -> RewardId {
@@ -422,15 +441,30 @@ async fn main() {
         );
     }
 
-    let mut batched = Vec::new();
+    let (mut plain, mut coded) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
-        vacuum_analyze(&store).await;
-        batched.push(batch_issuances(&store, &s, round, BATCHES).await);
+        for coded_first in [round % 2 == 1, round % 2 == 0] {
+            vacuum_analyze(&store).await;
+            if coded_first {
+                coded.push(batch_issuances(&store, &s, s.coded_rule, round).await);
+            } else {
+                plain.push(batch_issuances(&store, &s, s.rule, round).await);
+            }
+        }
     }
     println!();
     println!(
-        "issue_batch: {:.0} issuances/s ({CUSTOMERS} customers per call, {BATCHES} calls per round, median of {ROUNDS} rounds)",
-        median(batched, |rate| *rate)
+        "issue_batch: {CUSTOMERS} customers per call, {BATCHES} calls per round, {ROUNDS} rounds, median shown"
+    );
+    println!("| reward | issuances/s |");
+    println!("|---|---|");
+    println!(
+        "| no codes, no limit | {:.0} |",
+        median(plain, |rate| *rate)
+    );
+    println!(
+        "| voucher codes and a per-customer limit | {:.0} |",
+        median(coded, |rate| *rate)
     );
 
     let codes: Vec<String> = (0..code_count).map(|i| format!("BENCH-{i:09}")).collect();
