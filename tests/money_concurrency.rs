@@ -9,7 +9,10 @@ use chrono::{Duration, Utc};
 use common::{
     Knobs, assert_books_balance, budget, customers, import_codes, issue, money, programme,
 };
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
 use loyalty_store::prelude::*;
+use loyalty_store::schema::issuances;
 use loyalty_store::testing::TestDb;
 use loyalty_store::{Config, LimitScope};
 
@@ -303,4 +306,105 @@ async fn a_random_mix_keeps_the_books_balanced() {
         codes.available + codes.reserved + codes.issued + codes.invalid,
         40
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_and_single_issuances_share_codes_budget_and_limits() {
+    let db = TestDb::new().await;
+    let store = racing_store(&db).await;
+    const CAP: i64 = 40;
+    let p = programme(
+        &store,
+        Knobs {
+            hard_cap: CAP,
+            cost: "1",
+            uses_codes: true,
+            per_customer_limit: Some(3),
+            ..Knobs::default()
+        },
+    )
+    .await;
+    // Codes and limits (20 customers × 3) leave room: the budget binds.
+    import_codes(&store, &p, 60).await;
+    let people = std::sync::Arc::new(customers(&store, p.tenant, 20).await);
+    let programme = std::sync::Arc::new(p);
+    let mut tasks = Vec::new();
+    for worker in 0..TASKS {
+        let (store, programme, people) = (store.clone(), programme.clone(), people.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut issued = 0;
+            for step in 0..6 {
+                let customer = |k: usize| people[(worker * 5 + step * 7 + k * 3) % people.len()];
+                let mut tx = store.tenant(programme.tenant).await.unwrap();
+                let outcome = if worker % 2 == 0 {
+                    let recipients = (0..3)
+                        .map(|k| (customer(k), format!("w{worker}-s{step}-{k}")))
+                        .collect();
+                    let batch = NewBatch {
+                        recipients,
+                        ..NewBatch::for_customers(programme.rule, &[], "")
+                    };
+                    tx.issuances()
+                        .issue_batch(batch)
+                        .await
+                        .map(|report| if report.applied { 3 } else { 0 })
+                } else {
+                    let new =
+                        common::issue_to(&programme, customer(0), &format!("w{worker}-s{step}"));
+                    tx.issuances().issue(new).await.map(|_| 1)
+                };
+                let committed = match outcome {
+                    Ok(n) => tx.commit().await.map(|()| n),
+                    Err(e) => Err(e),
+                };
+                match committed {
+                    Ok(n) => issued += n,
+                    Err(
+                        Error::BudgetExhausted
+                        | Error::NoCodesAvailable
+                        | Error::LimitReached { .. },
+                    ) => {}
+                    Err(e) => panic!("unexpected: {e:?}"),
+                }
+            }
+            issued
+        }));
+    }
+    let mut issued = 0;
+    for task in tasks {
+        issued += task.await.unwrap();
+    }
+    // A batch of three is refused whole when fewer than three are left.
+    assert!(
+        (CAP - 2..=CAP).contains(&issued),
+        "{issued} issued against a cap of {CAP}"
+    );
+    let b = budget(&store, &programme).await;
+    assert_eq!(b.reserved, money(&issued.to_string()), "{b:?}");
+    assert_books_balance(&store, programme.tenant).await;
+
+    let mut tx = store.tenant(programme.tenant).await.unwrap();
+    let codes = tx.voucher_codes().counts(programme.reward).await.unwrap();
+    assert_eq!(codes.reserved, issued, "one code per issuance");
+    let (rows, distinct_codes): (i64, i64) = issuances::table
+        .select((
+            diesel::dsl::count_star(),
+            diesel::dsl::sql::<diesel::sql_types::BigInt>("count(DISTINCT voucher_code_id)"),
+        ))
+        .get_result(tx.conn())
+        .await
+        .unwrap();
+    assert_eq!(
+        (rows, distinct_codes),
+        (issued, issued),
+        "no code issued twice"
+    );
+    for customer in people.iter() {
+        let count = tx
+            .rules()
+            .customer_issuance_count(programme.rule, *customer)
+            .await
+            .unwrap();
+        assert!(count <= 3, "customer {customer} got {count}");
+    }
 }

@@ -168,9 +168,18 @@ BEGIN
 END
 $$;
 
--- Ending many issuances at once (expire_due) looked each one's code up by
--- scanning every code the statement had just updated: quadratic in the
--- batch whatever the plan. Each issuance now probes its own code by key.
+-- Ending issuances (cancel, expire_due) changed in two ways:
+--
+-- Each issuance's code was found by scanning every code the statement had
+-- just updated, quadratic in the batch whatever the plan; each issuance now
+-- probes its own code by key.
+--
+-- The codes are now updated before the budget is locked. A concurrent
+-- issue's SKIP LOCKED claim can leave a lock on a code it then skipped (READ
+-- COMMITTED re-checks a row that changed under it, and keeps the lock when
+-- the row no longer matches), and that issue takes the budget at commit. Codes
+-- before the budget is the order every path now follows, so the two wait for
+-- each other instead of deadlocking.
 CREATE OR REPLACE FUNCTION end_issuances(p_ids uuid[], p_status text) RETURNS integer
     LANGUAGE plpgsql
     AS $$
@@ -191,19 +200,6 @@ BEGIN
     IF ended IS NULL THEN
         RETURN 0;
     END IF;
-    PERFORM settle_pending_reservations();
-    IF p_status = 'cancelled' THEN
-        PERFORM 1 FROM rules
-         WHERE tenant_id = t AND global_limit IS NOT NULL
-           AND id IN (SELECT rule_id FROM issuances WHERE tenant_id = t AND id = ANY (ended))
-         ORDER BY id
-           FOR NO KEY UPDATE;
-    END IF;
-    PERFORM 1 FROM budgets
-     WHERE tenant_id = t
-       AND id IN (SELECT budget_id FROM issuances WHERE tenant_id = t AND id = ANY (ended))
-     ORDER BY id
-       FOR NO KEY UPDATE;
     WITH codes AS (
         UPDATE voucher_codes
            SET status = CASE WHEN p_status = 'cancelled' AND status = 'reserved'
@@ -221,6 +217,19 @@ BEGIN
                                            AND v.issuance_id = i.id) = 'reserved'
                                   THEN NULL ELSE i.voucher_code_id END
      WHERE i.tenant_id = t AND i.id = ANY (ended);
+    PERFORM settle_pending_reservations();
+    IF p_status = 'cancelled' THEN
+        PERFORM 1 FROM rules
+         WHERE tenant_id = t AND global_limit IS NOT NULL
+           AND id IN (SELECT rule_id FROM issuances WHERE tenant_id = t AND id = ANY (ended))
+         ORDER BY id
+           FOR NO KEY UPDATE;
+    END IF;
+    PERFORM 1 FROM budgets
+     WHERE tenant_id = t
+       AND id IN (SELECT budget_id FROM issuances WHERE tenant_id = t AND id = ANY (ended))
+     ORDER BY id
+       FOR NO KEY UPDATE;
     IF p_status = 'cancelled' THEN
         UPDATE rules ru SET issued_count = ru.issued_count - s.n
           FROM (SELECT rule_id, count(*) AS n FROM issuances
