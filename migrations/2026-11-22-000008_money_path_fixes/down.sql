@@ -1,4 +1,4 @@
--- Restores migration 000007's bodies of both functions.
+-- Restores migration 000007's bodies of both functions and 000004's index.
 
 -- One reward for many customers, all or nothing, in a handful of set-based
 -- statements. Per-customer refusals (unknown or inactive customer, limit
@@ -240,3 +240,6 @@ BEGIN
     RETURN cardinality(ended);
 END
 $$;
+
+DROP INDEX issuances_rule_customer_idx;
+CREATE INDEX issuances_rule_customer_idx ON issuances (tenant_id, rule_id, customer_id);
