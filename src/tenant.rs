@@ -143,7 +143,9 @@ impl TenantConn {
     /// commit that did not happen.
     ///
     /// Checks deferred to commit run here: an issuance whose budget no
-    /// longer covers it fails the commit with [`Error::BudgetExhausted`].
+    /// longer covers it fails the commit with [`Error::BudgetExhausted`],
+    /// and one whose rule's global limit is used up by then with
+    /// [`Error::LimitReached`].
     pub async fn commit(mut self) -> Result<()> {
         let mut conn = self
             .conn

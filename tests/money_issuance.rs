@@ -912,6 +912,91 @@ async fn a_reservation_that_no_longer_fits_is_refused_at_commit() {
 }
 
 #[tokio::test]
+async fn a_global_limit_used_up_before_commit_is_refused_at_commit() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let p = programme(
+        store,
+        Knobs {
+            global_limit: Some(2),
+            ..Knobs::default()
+        },
+    )
+    .await;
+    let people = customers(store, p.tenant, 4).await;
+    issue(store, &p, people[0], "first").await.unwrap();
+    // Both fit when issued; only one of them fits when they commit.
+    let mut early = store.tenant(p.tenant).await.unwrap();
+    let mut late = store.tenant(p.tenant).await.unwrap();
+    early
+        .issuances()
+        .issue(issue_to(&p, people[1], "early"))
+        .await
+        .unwrap();
+    let lost = late
+        .issuances()
+        .issue(issue_to(&p, people[2], "late"))
+        .await
+        .unwrap();
+    early.commit().await.unwrap();
+    assert!(matches!(
+        late.commit().await,
+        Err(Error::LimitReached {
+            scope: LimitScope::Global
+        })
+    ));
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    assert!(matches!(
+        tx.issuances().get(lost.issuance.id).await,
+        Err(Error::NotFound)
+    ));
+    drop(tx);
+    // Used up: refused up front now, before any work.
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    assert!(matches!(
+        tx.issuances().issue(issue_to(&p, people[3], "after")).await,
+        Err(Error::LimitReached {
+            scope: LimitScope::Global
+        })
+    ));
+    drop(tx);
+    assert_eq!(budget(store, &p).await.reserved, money("5.00"));
+    assert_books_balance(store, p.tenant).await;
+}
+
+#[tokio::test]
+async fn a_global_limit_added_after_an_issuance_in_the_same_transaction_counts_it_once() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let p = programme(store, Knobs::default()).await;
+    let people = customers(store, p.tenant, 3).await;
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    tx.issuances()
+        .issue(issue_to(&p, people[0], "before-the-limit"))
+        .await
+        .unwrap();
+    tx.conn()
+        .batch_execute(&format!(
+            "UPDATE rules SET global_limit = 2 WHERE id = '{}'",
+            p.rule
+        ))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    issue(store, &p, people[1], "second").await.unwrap();
+    let third = issue(store, &p, people[2], "third").await;
+    assert!(
+        matches!(
+            third,
+            Err(Error::LimitReached {
+                scope: LimitScope::Global
+            })
+        ),
+        "{third:?}"
+    );
+}
+
+#[tokio::test]
 async fn an_issuance_settled_in_its_own_transaction_is_reserved_first() {
     let db = TestDb::new().await;
     let store = db.store();

@@ -1,4 +1,4 @@
--- Restores migration 000007's bodies of both functions and 000004's index.
+-- Restores the function bodies of migrations 000006 and 000007 and 000004's index.
 
 -- One reward for many customers, all or nothing, in a handful of set-based
 -- statements. Per-customer refusals (unknown or inactive customer, limit
@@ -243,3 +243,128 @@ $$;
 
 DROP INDEX issuances_rule_customer_idx;
 CREATE INDEX issuances_rule_customer_idx ON issuances (tenant_id, rule_id, customer_id);
+
+DROP TRIGGER issuances_count_at_commit ON issuances;
+DROP FUNCTION count_issuance_at_commit();
+
+CREATE OR REPLACE FUNCTION settle_pending_reservations() RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    SET CONSTRAINTS ledger_entries_reserve_at_commit IMMEDIATE;
+    SET CONSTRAINTS ledger_entries_reserve_at_commit DEFERRED;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION recount_rule_issuances() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    -- Wait for issuances in flight, which read the rule before this change.
+    PERFORM pg_advisory_xact_lock(rule_lock(NEW.id));
+    NEW.issued_count := (SELECT count(*) FROM issuances
+                          WHERE tenant_id = NEW.tenant_id AND rule_id = NEW.id
+                            AND status <> 'cancelled');
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION issue_reward(
+    p_id uuid,
+    p_rule_id uuid,
+    p_customer_id uuid,
+    p_idempotency_key text,
+    p_expires_at timestamptz
+) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    t uuid := current_tenant_id();
+    r record;
+    prior uuid;
+    code_id uuid;
+    customer_status text;
+    answer jsonb;
+BEGIN
+    prior := replayed_issuance(p_idempotency_key, p_rule_id, p_customer_id);
+    IF prior IS NOT NULL THEN
+        RETURN issuance_json(prior, true);
+    END IF;
+    PERFORM pg_advisory_xact_lock_shared(rule_lock(p_rule_id));
+    SELECT * INTO r FROM issuance_context(p_rule_id);
+    customer_status := (SELECT status FROM customers WHERE tenant_id = t AND id = p_customer_id);
+    IF customer_status IS NULL THEN
+        PERFORM loyalty_refuse('not_found', format('customer %s not found', p_customer_id));
+    ELSIF customer_status <> 'active' THEN
+        PERFORM loyalty_refuse('invalid_state', format('customer %s is %s', p_customer_id, customer_status));
+    END IF;
+    -- Without a lock: an exhausted budget is refused here, before any work;
+    -- the binding check runs at commit.
+    IF NOT EXISTS (SELECT 1 FROM budgets
+                    WHERE tenant_id = t AND id = r.budget_id
+                      AND reserved + spent + r.cost_amount <= hard_cap) THEN
+        -- The first delivery of this key may have committed, and taken the
+        -- last of the budget, while we waited for the rule lock.
+        prior := replayed_issuance(p_idempotency_key, p_rule_id, p_customer_id);
+        IF prior IS NOT NULL THEN
+            RETURN issuance_json(prior, true);
+        END IF;
+        PERFORM loyalty_refuse('budget_exhausted', format('budget %s is exhausted', r.budget_id));
+    END IF;
+    IF r.per_customer_limit IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(customer_limit_lock(p_rule_id, p_customer_id));
+        -- A concurrent delivery of this key may have committed while we waited.
+        prior := replayed_issuance(p_idempotency_key, p_rule_id, p_customer_id);
+        IF prior IS NOT NULL THEN
+            RETURN issuance_json(prior, true);
+        END IF;
+        IF (SELECT count(*) FROM issuances
+             WHERE tenant_id = t AND rule_id = p_rule_id AND customer_id = p_customer_id
+               AND status <> 'cancelled') >= r.per_customer_limit THEN
+            PERFORM loyalty_refuse('customer_limit_reached',
+                format('customer %s reached the limit of rule %s', p_customer_id, p_rule_id));
+        END IF;
+    END IF;
+    IF r.uses_codes THEN
+        UPDATE voucher_codes SET status = 'reserved', issuance_id = p_id
+         WHERE tenant_id = t
+           AND id = (SELECT id FROM voucher_codes
+                      WHERE tenant_id = t AND reward_id = r.reward_id AND status = 'available'
+                      LIMIT 1 FOR UPDATE SKIP LOCKED)
+        RETURNING id INTO code_id;
+        IF code_id IS NULL THEN
+            PERFORM loyalty_refuse('no_codes_available',
+                format('no voucher codes left for reward %s', r.reward_id));
+        END IF;
+    END IF;
+    INSERT INTO issuances (tenant_id, id, campaign_id, rule_id, customer_id, reward_id, budget_id,
+                           voucher_code_id, status, cost_amount, currency, idempotency_key, expires_at)
+    VALUES (t, p_id, r.campaign_id, p_rule_id, p_customer_id, r.reward_id, r.budget_id,
+            code_id, 'issued', r.cost_amount, r.currency, p_idempotency_key, p_expires_at)
+    ON CONFLICT (tenant_id, idempotency_key) DO NOTHING;
+    IF NOT FOUND THEN
+        -- Same key from a concurrent call with another rule or customer: it won.
+        IF code_id IS NOT NULL THEN
+            UPDATE voucher_codes SET status = 'available', issuance_id = NULL
+             WHERE tenant_id = t AND id = code_id;
+        END IF;
+        RETURN issuance_json(replayed_issuance(p_idempotency_key, p_rule_id, p_customer_id), true);
+    END IF;
+    -- Everything but the rule's counter is done, the answer included, so its
+    -- lock is held for as short a time as possible. The ledger entry's
+    -- trigger reserves the cost on the budget at commit.
+    INSERT INTO ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
+    VALUES (t, r.budget_id, 'reserve', r.cost_amount, r.currency, 'issuance', p_id);
+    answer := issuance_json(p_id, false);
+    IF r.global_limit IS NOT NULL THEN
+        UPDATE rules SET issued_count = issued_count + 1
+         WHERE tenant_id = t AND id = p_rule_id AND issued_count < global_limit;
+        IF NOT FOUND THEN
+            PERFORM loyalty_refuse('global_limit_reached',
+                format('rule %s reached its global limit', p_rule_id));
+        END IF;
+    END IF;
+    RETURN answer;
+END
+$$;

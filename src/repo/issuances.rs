@@ -7,14 +7,17 @@
 //! callers correct, and the whole call is one round trip. A refusal is an
 //! error that rolls the statement back; nothing is half-written.
 //!
-//! One step waits for the commit: a single issuance reserves its cost on the
-//! budget inside `COMMIT`, from a deferred constraint trigger on its ledger
-//! entry. The budget row is shared by every issuance of a campaign, and
-//! locking it any earlier would make all of them queue behind each other's
-//! round trips to the client. `issue` still refuses an exhausted budget up
+//! Two steps wait for the commit: a single issuance counts itself against its
+//! rule's global limit and reserves its cost on the budget inside `COMMIT`,
+//! from deferred constraint triggers on the issuance and its ledger entry.
+//! The budget row is shared by every issuance of a campaign, and a limited
+//! rule's counter by every issuance of the rule; locking either any earlier
+//! would make all of them queue behind each other's round trips to the
+//! client. `issue` still refuses an exhausted budget or a used-up limit up
 //! front; only when concurrent issuances take the last of it between `issue`
 //! and `commit` does [`TenantConn::commit`] fail with
-//! [`Error::BudgetExhausted`], and then nothing of the guard's work is kept.
+//! [`Error::BudgetExhausted`] or [`Error::LimitReached`], and then nothing
+//! of the guard's work is kept.
 
 use std::collections::HashSet;
 
@@ -181,9 +184,10 @@ pub trait IssuanceRepository {
     /// [`Error::BudgetExhausted`], [`Error::NotFound`],
     /// [`Error::InvalidState`], and [`Error::Conflict`] for a key used before
     /// with another rule or customer; they leave nothing written but end the
-    /// guard's transaction. The budget reservation becomes binding at
-    /// commit, so [`TenantConn::commit`] can also return
-    /// [`Error::BudgetExhausted`] (see the module docs): treat the issuance
+    /// guard's transaction. The budget reservation and the global limit
+    /// become binding at commit, so [`TenantConn::commit`] can also return
+    /// [`Error::BudgetExhausted`] or [`Error::LimitReached`] (see the module
+    /// docs): treat the issuance
     /// as given only once the commit succeeds. Make one money-path call per guard (or use
     /// [`issue_batch`](IssuanceRepository::issue_batch)): a guard holding one
     /// issuance's locks while waiting for another's can deadlock with a
