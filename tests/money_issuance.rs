@@ -997,6 +997,44 @@ async fn a_global_limit_added_after_an_issuance_in_the_same_transaction_counts_i
 }
 
 #[tokio::test]
+async fn a_cancel_racing_the_codes_delivery_keeps_the_code_on_the_issuance() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let p = programme(
+        store,
+        Knobs {
+            uses_codes: true,
+            ..Knobs::default()
+        },
+    )
+    .await;
+    import_codes(store, &p, 1).await;
+    let ada = customers(store, p.tenant, 1).await[0];
+    let issued = issue(store, &p, ada, "k").await.unwrap().issuance;
+    let code = issued.voucher_code_id.unwrap();
+    let mut delivering = store.tenant(p.tenant).await.unwrap();
+    delivering.voucher_codes().mark_issued(code).await.unwrap();
+    let cancelling = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut tx = store.tenant(p.tenant).await.unwrap();
+            tx.issuances().cancel(issued.id).await.unwrap();
+            tx.commit().await.unwrap();
+        })
+    };
+    // The cancel waits for the delivery's lock on the code.
+    wait_for_lock_waiters(store, "transactionid", 1).await;
+    delivering.commit().await.unwrap();
+    cancelling.await.unwrap();
+    // The customer has the code: it is retired, and the issuance still names it.
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    let row = tx.issuances().get(issued.id).await.unwrap();
+    assert_eq!(row.voucher_code_id, Some(code));
+    let codes = tx.voucher_codes().counts(p.reward).await.unwrap();
+    assert_eq!((codes.available, codes.invalid), (0, 1));
+}
+
+#[tokio::test]
 async fn an_issuance_settled_in_its_own_transaction_is_reserved_first() {
     let db = TestDb::new().await;
     let store = db.store();
@@ -1060,12 +1098,12 @@ async fn a_retry_that_waited_while_its_first_delivery_used_up_the_budget_replays
             batch.rollback().await;
         }
     });
-    wait_for_advisory_waiters(store, 1).await;
+    wait_for_lock_waiters(store, "advisory", 1).await;
     let retry = tokio::spawn({
         let (store, p) = (store.clone(), p);
         async move { issue(&store, &p, ada, "order-7").await }
     });
-    wait_for_advisory_waiters(store, 2).await;
+    wait_for_lock_waiters(store, "advisory", 2).await;
     first.commit().await.unwrap(); // the budget is now full
     batch.await.unwrap();
     let again = retry.await.unwrap().unwrap();
@@ -1094,7 +1132,9 @@ async fn a_batch_flag_left_in_the_session_does_not_skip_a_reservation() {
     assert_books_balance(&store, p.tenant).await;
 }
 
-async fn wait_for_advisory_waiters(store: &Store, count: i64) {
+/// Waits until `count` backends wait for a lock of `locktype` (`advisory`,
+/// or `transactionid` for a row another transaction holds).
+async fn wait_for_lock_waiters(store: &Store, locktype: &str, count: i64) {
     #[derive(diesel::QueryableByName)]
     struct Waiting {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -1103,8 +1143,9 @@ async fn wait_for_advisory_waiters(store: &Store, count: i64) {
     let mut watcher = store.raw_connection().await.unwrap();
     loop {
         let waiting: Waiting = diesel::sql_query(
-            "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            "SELECT count(*) AS n FROM pg_locks WHERE locktype = $1 AND NOT granted",
         )
+        .bind::<diesel::sql_types::Text, _>(locktype)
         .get_result(&mut *watcher)
         .await
         .unwrap();

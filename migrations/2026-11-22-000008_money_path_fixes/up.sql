@@ -171,8 +171,8 @@ $$;
 -- Ending issuances (cancel, expire_due) changed in two ways:
 --
 -- Each issuance's code was found by scanning every code the statement had
--- just updated, quadratic in the batch whatever the plan; each issuance now
--- probes its own code by key.
+-- just updated, quadratic in an expire_due batch whatever the plan; the
+-- returned codes are now read once, as an array.
 --
 -- The codes are now updated before the budget is locked. A concurrent
 -- issue's SKIP LOCKED claim can leave a lock on a code it then skipped (READ
@@ -200,21 +200,24 @@ BEGIN
     IF ended IS NULL THEN
         RETURN 0;
     END IF;
+    -- A code back in the pool belongs to whoever gets it next. Which codes
+    -- went back is read from the update itself, which waits for a
+    -- concurrent delivery of the code: a snapshot read would miss one that
+    -- committed meanwhile, and unlink a delivered code from its issuance.
+    -- Only a cancel returns codes, and it ends one issuance, so the array
+    -- stays short.
     WITH codes AS (
         UPDATE voucher_codes
            SET status = CASE WHEN p_status = 'cancelled' AND status = 'reserved'
                              THEN 'available' ELSE 'invalid' END,
                issuance_id = NULL
          WHERE tenant_id = t AND issuance_id = ANY (ended)
+        RETURNING id, status
     )
     UPDATE issuances i
        SET status = p_status,
-           -- A code back in the pool belongs to whoever gets it next. The
-           -- lookup sees the code as it was before this statement.
-           voucher_code_id = CASE WHEN p_status = 'cancelled'
-                                   AND (SELECT v.status FROM voucher_codes v
-                                         WHERE v.tenant_id = t AND v.id = i.voucher_code_id
-                                           AND v.issuance_id = i.id) = 'reserved'
+           voucher_code_id = CASE WHEN i.voucher_code_id = ANY (ARRAY(SELECT id FROM codes
+                                                                      WHERE status = 'available'))
                                   THEN NULL ELSE i.voucher_code_id END
      WHERE i.tenant_id = t AND i.id = ANY (ended);
     PERFORM settle_pending_reservations();

@@ -196,10 +196,14 @@ impl RuleRepository for Rules<'_> {
         id: RuleId,
         customer_id: CustomerId,
     ) -> Result<i64> {
+        // A literal, not a bind: the index that serves this count is partial
+        // on `status <> 'cancelled'`, and a cached generic plan can use it
+        // only if the query states that predicate with the same constant.
+        let not_cancelled = diesel::dsl::sql::<diesel::sql_types::Bool>("status <> 'cancelled'");
         Ok(issuances::table
             .filter(issuances::rule_id.eq(id))
             .filter(issuances::customer_id.eq(customer_id))
-            .filter(issuances::status.ne("cancelled"))
+            .filter(not_cancelled)
             .count()
             .get_result(self.0.conn())
             .await?)
