@@ -886,24 +886,12 @@ async fn a_reservation_that_no_longer_fits_is_refused_at_commit() {
     let people = customers(store, p.tenant, 3).await;
     issue(store, &p, people[0], "first").await.unwrap(); // 2.50 of 5 reserved
     // Both fit when issued; only one of them fits when they commit.
-    let mut early = store.tenant(p.tenant).await.unwrap();
-    let mut late = store.tenant(p.tenant).await.unwrap();
-    let kept = early
-        .issuances()
-        .issue(issue_to(&p, people[1], "early"))
-        .await
-        .unwrap();
-    let lost = late
-        .issuances()
-        .issue(issue_to(&p, people[2], "late"))
-        .await
-        .unwrap();
-    early.commit().await.unwrap();
-    assert!(matches!(late.commit().await, Err(Error::BudgetExhausted)));
+    let (kept, lost, late) = issue_in_two_guards(store, &p, people[1], people[2]).await;
+    assert!(matches!(late, Err(Error::BudgetExhausted)));
     let mut tx = store.tenant(p.tenant).await.unwrap();
-    assert!(tx.issuances().get(kept.issuance.id).await.is_ok());
+    assert!(tx.issuances().get(kept).await.is_ok());
     assert!(matches!(
-        tx.issuances().get(lost.issuance.id).await,
+        tx.issuances().get(lost).await,
         Err(Error::NotFound)
     ));
     drop(tx);
@@ -926,28 +914,16 @@ async fn a_global_limit_used_up_before_commit_is_refused_at_commit() {
     let people = customers(store, p.tenant, 4).await;
     issue(store, &p, people[0], "first").await.unwrap();
     // Both fit when issued; only one of them fits when they commit.
-    let mut early = store.tenant(p.tenant).await.unwrap();
-    let mut late = store.tenant(p.tenant).await.unwrap();
-    early
-        .issuances()
-        .issue(issue_to(&p, people[1], "early"))
-        .await
-        .unwrap();
-    let lost = late
-        .issuances()
-        .issue(issue_to(&p, people[2], "late"))
-        .await
-        .unwrap();
-    early.commit().await.unwrap();
+    let (_, lost, late) = issue_in_two_guards(store, &p, people[1], people[2]).await;
     assert!(matches!(
-        late.commit().await,
+        late,
         Err(Error::LimitReached {
             scope: LimitScope::Global
         })
     ));
     let mut tx = store.tenant(p.tenant).await.unwrap();
     assert!(matches!(
-        tx.issuances().get(lost.issuance.id).await,
+        tx.issuances().get(lost).await,
         Err(Error::NotFound)
     ));
     drop(tx);
@@ -1130,6 +1106,30 @@ async fn a_batch_flag_left_in_the_session_does_not_skip_a_reservation() {
     issue(&store, &p, ada, "k").await.unwrap();
     assert_eq!(budget(&store, &p).await.reserved, money("2.50"));
     assert_books_balance(&store, p.tenant).await;
+}
+
+/// Issues to `early` and `late` in two guards open at once, then commits the
+/// early one: the two issuances' ids and the late guard's commit.
+async fn issue_in_two_guards(
+    store: &Store,
+    p: &common::Programme,
+    early: CustomerId,
+    late: CustomerId,
+) -> (IssuanceId, IssuanceId, Result<()>) {
+    let mut first = store.tenant(p.tenant).await.unwrap();
+    let mut second = store.tenant(p.tenant).await.unwrap();
+    let kept = first
+        .issuances()
+        .issue(issue_to(p, early, "early"))
+        .await
+        .unwrap();
+    let lost = second
+        .issuances()
+        .issue(issue_to(p, late, "late"))
+        .await
+        .unwrap();
+    first.commit().await.unwrap();
+    (kept.issuance.id, lost.issuance.id, second.commit().await)
 }
 
 /// Waits until `count` backends wait for a lock of `locktype` (`advisory`,

@@ -187,8 +187,8 @@ pub trait IssuanceRepository {
     /// guard's transaction. The budget reservation and the global limit
     /// become binding at commit, so [`TenantConn::commit`] can also return
     /// [`Error::BudgetExhausted`] or [`Error::LimitReached`] (see the module
-    /// docs): treat the issuance
-    /// as given only once the commit succeeds. Make one money-path call per guard (or use
+    /// docs): treat the issuance as given only once the commit succeeds.
+    /// Make one money-path call per guard (or use
     /// [`issue_batch`](IssuanceRepository::issue_batch)): a guard holding one
     /// issuance's locks while waiting for another's can deadlock with a
     /// guard doing the same in the opposite order.
