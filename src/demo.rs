@@ -1,4 +1,4 @@
-//! The seed's demo data, as an idempotent function rather than a migration:
+//! Demo data, as an idempotent function rather than a migration:
 //! production databases never get it, and running it twice changes nothing.
 
 use diesel::prelude::*;

@@ -4,7 +4,8 @@
 use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind, Error as DieselError};
 use diesel_async::pooled_connection::PoolError;
 
-use crate::ids::TenantId;
+use crate::refusal::Refusal;
+use crate::repo::voucher_codes::VoucherStatus;
 
 /// Everything a call into this crate can fail with.
 ///
@@ -20,7 +21,8 @@ use crate::ids::TenantId;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The row does not exist, or row-level security hides it from this tenant.
+    /// A read found no row: it does not exist, or row-level security hides
+    /// it from this tenant. See also [`Error::is_not_found`].
     #[error("not found")]
     NotFound,
     /// A unique constraint (SQLSTATE 23505) rejected the write.
@@ -39,31 +41,17 @@ pub enum Error {
     /// a write (for example a row carrying another tenant's id).
     #[error("permission denied: {message}")]
     PermissionDenied { message: String },
-    /// The tenant does not exist.
-    #[error("unknown tenant {0}")]
-    UnknownTenant(TenantId),
-    /// The tenant exists but is not active.
-    #[error("tenant {0} is suspended")]
-    TenantSuspended(TenantId),
-    /// The budget cannot cover the amount without crossing its hard cap.
-    #[error("budget exhausted")]
-    BudgetExhausted,
-    /// The reward's voucher-code pool has no available code left.
-    #[error("no voucher codes available")]
-    NoCodesAvailable,
-    /// A rule's per-customer or global issuance limit is used up.
-    #[error("{scope} limit reached")]
-    LimitReached { scope: LimitScope },
-    /// The campaign is not active, or now is outside its window.
-    #[error("campaign is not running")]
-    CampaignNotRunning,
-    /// The rule is switched off.
-    #[error("rule is inactive")]
-    RuleInactive,
-    /// The row is in a state that does not allow this, for example
-    /// redeeming a cancelled issuance.
-    #[error("invalid state: {reason}")]
-    InvalidState { reason: String },
+    /// The database refused the work for a domain reason: see [`Refusal`].
+    /// Nothing of the refused statement was written.
+    #[error("refused: {0}")]
+    Refused(#[from] Refusal),
+    /// A voucher code was not in the status the change needs, for example
+    /// marking a code issued that is not reserved.
+    #[error("voucher code is {status}, not {required}")]
+    VoucherCodeStatus {
+        status: VoucherStatus,
+        required: VoucherStatus,
+    },
     /// A statement failed earlier in this guard's transaction, so PostgreSQL
     /// has already discarded its work; the guard rolled back instead of
     /// reporting a commit that did not happen.
@@ -89,25 +77,6 @@ pub enum Error {
     Database(DieselError),
 }
 
-/// Which limit of a rule was reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LimitScope {
-    /// Issuances of the rule to one customer.
-    Customer,
-    /// Issuances of the rule to anyone.
-    Global,
-}
-
-impl std::fmt::Display for LimitScope {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            LimitScope::Customer => "per-customer",
-            LimitScope::Global => "global",
-        })
-    }
-}
-
 /// Shorthand used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -117,50 +86,29 @@ impl Error {
         matches!(self, Error::Retryable { .. } | Error::PoolTimeout)
     }
 
+    /// True when a row the work needed does not exist for this tenant: a
+    /// plain read found nothing, or the SQL refused for a missing row.
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            Error::NotFound => true,
+            Error::Refused(refusal) => refusal.is_not_found(),
+            _ => false,
+        }
+    }
+
     pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
         Error::InvalidInput {
             field,
             reason: reason.into(),
         }
     }
-
-    /// Errors raised by `assert_tenant_active()` carry these constraint names.
-    pub(crate) fn from_tenant_check(err: DieselError, tenant: TenantId) -> Self {
-        if let DieselError::DatabaseError(_, info) = &err {
-            match info.constraint_name() {
-                Some("loyalty_unknown_tenant") => return Error::UnknownTenant(tenant),
-                Some("loyalty_tenant_suspended") => return Error::TenantSuspended(tenant),
-                _ => {}
-            }
-        }
-        Error::from(err)
-    }
 }
 
-/// The crate's SQL functions refuse work with `loyalty_*` constraint names
-/// (see `loyalty_refuse()` in the migrations).
-fn refusal(info: &(dyn DatabaseErrorInformation + Send + Sync)) -> Option<Error> {
-    Some(match info.constraint_name()?.strip_prefix("loyalty_")? {
-        "not_found" => Error::NotFound,
-        "budget_exhausted" => Error::BudgetExhausted,
-        "no_codes_available" => Error::NoCodesAvailable,
-        "customer_limit_reached" => Error::LimitReached {
-            scope: LimitScope::Customer,
-        },
-        "global_limit_reached" => Error::LimitReached {
-            scope: LimitScope::Global,
-        },
-        "campaign_not_running" => Error::CampaignNotRunning,
-        "rule_inactive" => Error::RuleInactive,
-        "invalid_state" => Error::InvalidState {
-            reason: info.message().to_owned(),
-        },
-        "invalid_amount" => Error::invalid("amount", info.message()),
-        "idempotency_conflict" => Error::Conflict {
-            constraint: "issuances_tenant_idempotency_key".into(),
-        },
-        _ => return None,
-    })
+/// The crate's SQL functions raise refusals with the refusal as JSON in the
+/// error's DETAIL (see [`Refusal`]). diesel-async does not expose SQLSTATE
+/// `LY000`, so the DETAIL alone identifies one.
+fn refusal(info: &(dyn DatabaseErrorInformation + Send + Sync)) -> Option<Refusal> {
+    Refusal::from_json(info.details()?)
 }
 
 fn constraint_of(info: &(dyn DatabaseErrorInformation + Send + Sync)) -> String {
@@ -194,7 +142,7 @@ impl From<DieselError> for Error {
                     message: info.message().to_owned(),
                 },
                 DatabaseErrorKind::Unknown => match refusal(info.as_ref()) {
-                    Some(domain) => domain,
+                    Some(refused) => Error::Refused(refused),
                     None if info.message().starts_with("deadlock detected") => Error::Retryable {
                         message: info.message().to_owned(),
                     },

@@ -8,6 +8,8 @@ mod migrate;
 mod money;
 mod ops;
 mod page;
+mod platform;
+mod refusal;
 pub mod repo;
 pub mod schema;
 mod store;
@@ -18,12 +20,14 @@ mod text_enum;
 mod validate;
 
 pub use config::{Config, Recycling};
-pub use error::{Error, LimitScope, Result};
+pub use error::{Error, Result};
 pub use ids::*;
-pub use migrate::MIGRATIONS;
+pub use migrate::{MIGRATIONS, SQL_LAYER_SCHEMA};
 pub use money::{Currency, ISO_4217};
 pub use ops::{Diagnostics, Health, IndexUsage, SlowStatement, TableSize};
 pub use page::{Cursor, KeysetPage, Page, TimeRange};
+pub use platform::Platform;
+pub use refusal::{LimitScope, Refusal};
 pub use store::{PoolStatus, Store};
 pub use tenant::{Actor, TenantConn};
 pub use validate::MAX_PAGE;
@@ -47,7 +51,7 @@ pub mod prelude {
     pub use crate::repo::voucher_codes::VoucherCodeRepository;
     pub use crate::repo::wa_sessions::{NewWaSession, WaSessionRepository};
     pub use crate::{
-        Actor, Config, Currency, Cursor, Error, KeysetPage, Page, Result, Store, TenantConn,
-        TimeRange,
+        Actor, Config, Currency, Cursor, Error, KeysetPage, LimitScope, Page, Refusal, Result,
+        Store, TenantConn, TimeRange,
     };
 }

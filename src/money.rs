@@ -46,6 +46,9 @@ pub const ISO_4217: &[&str] = &[
 pub struct Currency(&'static str);
 
 impl Currency {
+    /// US dollars.
+    pub const USD: Currency = Currency("USD");
+
     /// The three-letter code.
     pub fn as_str(self) -> &'static str {
         self.0

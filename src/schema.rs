@@ -92,6 +92,7 @@ diesel::table! {
         rule_id -> Uuid,
         customer_id -> Uuid,
         reward_id -> Uuid,
+        budget_id -> Uuid,
         voucher_code_id -> Nullable<Uuid>,
         status -> Text,
         cost_amount -> Numeric,
@@ -102,7 +103,6 @@ diesel::table! {
         redeemed_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
-        budget_id -> Uuid,
     }
 }
 
@@ -116,6 +116,7 @@ diesel::table! {
         currency -> Text,
         ref_type -> Text,
         ref_id -> Uuid,
+        batch_id -> Nullable<Uuid>,
         created_at -> Timestamptz,
     }
 }
@@ -148,10 +149,10 @@ diesel::table! {
         reward_id -> Uuid,
         per_customer_limit -> Nullable<Int4>,
         global_limit -> Nullable<Int4>,
+        issued_count -> Int4,
         active -> Bool,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
-        issued_count -> Int4,
     }
 }
 

@@ -1,4 +1,5 @@
-//! [`Store`]: the pool and the two ways in, [`Store::tenant`] and [`Store::platform`].
+//! [`Store`]: the pool and the two ways in, [`Store::tenant`] and
+//! [`Store::platform`] (in `platform.rs`).
 
 use diesel::connection::CacheSize;
 use diesel_async::pooled_connection::bb8::Pool;
@@ -11,7 +12,6 @@ use futures_util::FutureExt;
 use crate::config::{Config, Recycling};
 use crate::error::Result;
 use crate::ids::TenantId;
-use crate::repo::tenants::Platform;
 use crate::tenant::{Actor, TenantConn};
 
 pub(crate) type PgPool = Pool<AsyncPgConnection>;
@@ -107,11 +107,6 @@ impl Store {
     pub async fn tenant_as(&self, tenant: TenantId, actor: Actor) -> Result<TenantConn> {
         let conn = self.pool.get_owned().await?;
         TenantConn::begin(conn, tenant, actor).await
-    }
-
-    /// Tenant provisioning, the one scope that runs without a tenant.
-    pub fn platform(&self) -> Platform<'_> {
-        Platform::new(&self.pool)
     }
 
     /// The pool, for crate modules that need a plain login-role connection.

@@ -23,8 +23,11 @@ type Pooled = bb8::PooledConnection<'static, AsyncDieselConnectionManager<AsyncP
 /// connection returns to the pool with no tenant and no role on it.
 ///
 /// Opening costs one round trip: `BEGIN`, the context and the tenant check are
-/// sent together. An unknown tenant gives [`Error::UnknownTenant`], a
-/// suspended one [`Error::TenantSuspended`].
+/// sent together. An unknown tenant is refused with [`Refusal::UnknownTenant`],
+/// a suspended one with [`Refusal::TenantSuspended`].
+///
+/// [`Refusal::UnknownTenant`]: crate::Refusal::UnknownTenant
+/// [`Refusal::TenantSuspended`]: crate::Refusal::TenantSuspended
 ///
 /// ```no_run
 /// # async fn demo(store: loyalty_store::Store, tenant: loyalty_store::TenantId)
@@ -98,7 +101,7 @@ impl TenantConn {
             "BEGIN; \
              SELECT set_config('role', 'loyalty_app', true), \
                     set_config('app.tenant_id', '{tenant}', true); \
-             SELECT assert_tenant_active()"
+             SELECT loyalty.assert_tenant_active()"
         );
         if let Err(err) = AnsiTransactionManager::begin_transaction_sql(&mut *conn, &opening).await
         {
@@ -107,7 +110,7 @@ impl TenantConn {
             if conn.batch_execute("ROLLBACK").await.is_err() {
                 mark_broken(&mut conn);
             }
-            return Err(Error::from_tenant_check(err, tenant));
+            return Err(err.into());
         }
         Ok(TenantConn {
             conn: Some(conn),
@@ -143,9 +146,12 @@ impl TenantConn {
     /// commit that did not happen.
     ///
     /// Checks deferred to commit run here: an issuance whose budget no
-    /// longer covers it fails the commit with [`Error::BudgetExhausted`],
+    /// longer covers it fails the commit with [`Refusal::BudgetExhausted`],
     /// and one whose rule's global limit is used up by then with
-    /// [`Error::LimitReached`].
+    /// [`Refusal::LimitReached`].
+    ///
+    /// [`Refusal::BudgetExhausted`]: crate::Refusal::BudgetExhausted
+    /// [`Refusal::LimitReached`]: crate::Refusal::LimitReached
     pub async fn commit(mut self) -> Result<()> {
         let mut conn = self
             .conn

@@ -33,6 +33,10 @@ use url::Url;
 
 use crate::store::Store;
 
+mod campaign;
+
+pub use campaign::{CampaignBuilder, CampaignFixture};
+
 /// A migrated database of its own for one test; dropped with this value.
 pub struct TestDb {
     store: Store,

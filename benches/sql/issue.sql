@@ -3,6 +3,6 @@
 -- COMMIT. Customer ids are md5(n)::uuid, as benches/issuance.rs creates them.
 -- Run with: pgbench -n -M simple -D tenant=<uuid> -D rule=<uuid> -f benches/sql/issue.sql
 \set c random(1, 1000)
-BEGIN \; SELECT set_config('role', 'loyalty_app', true), set_config('app.tenant_id', ':tenant', true) \; SELECT assert_tenant_active();
-SELECT issue_reward(gen_random_uuid(), ':rule', md5(:c::text)::uuid, gen_random_uuid()::text, NULL);
+BEGIN \; SELECT set_config('role', 'loyalty_app', true), set_config('app.tenant_id', ':tenant', true) \; SELECT loyalty.assert_tenant_active();
+SELECT loyalty.issue_reward(gen_random_uuid(), ':rule', md5(:c::text)::uuid, gen_random_uuid()::text, NULL);
 COMMIT;

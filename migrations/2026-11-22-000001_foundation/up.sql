@@ -1,5 +1,6 @@
--- Shared building blocks: the tenant context, the application role, and the
--- trigger and check functions every table uses.
+-- Shared building blocks: the application role, the tenant context, the check
+-- functions CHECK constraints use, and the tenants table. Functions and
+-- triggers beyond these live in sql/ (see docs/sql-layout.md).
 
 -- The role is cluster-wide, so several databases (and several test databases
 -- migrating in parallel) may race to create it; losing that race is fine.
@@ -32,21 +33,17 @@ CREATE FUNCTION current_tenant_id() RETURNS uuid
     LANGUAGE sql STABLE PARALLEL SAFE
     AS $$ SELECT NULLIF(current_setting('app.tenant_id', true), '')::uuid $$;
 
-CREATE FUNCTION set_timestamps() RETURNS trigger
-    LANGUAGE plpgsql
+-- Active ISO 4217 codes. Keep in sync with `Currency` in src/money.rs; a test
+-- compares the two lists. plpgsql rather than SQL: a CHECK calling an SQL
+-- function inlines it and plans it again in every INSERT or UPDATE, while a
+-- plpgsql body is planned once per session.
+CREATE FUNCTION is_iso4217(code text) RETURNS boolean
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
     AS $$
 BEGIN
-    NEW.created_at := OLD.created_at;
-    NEW.updated_at := now();
-    RETURN NEW;
+    RETURN code = ANY ('{AED,AFN,ALL,AMD,ANG,AOA,ARS,AUD,AWG,AZN,BAM,BBD,BDT,BGN,BHD,BIF,BMD,BND,BOB,BRL,BSD,BTN,BWP,BYN,BZD,CAD,CDF,CHF,CLP,CNY,COP,CRC,CUP,CVE,CZK,DJF,DKK,DOP,DZD,EGP,ERN,ETB,EUR,FJD,FKP,GBP,GEL,GHS,GIP,GMD,GNF,GTQ,GYD,HKD,HNL,HTG,HUF,IDR,ILS,INR,IQD,IRR,ISK,JMD,JOD,JPY,KES,KGS,KHR,KMF,KPW,KRW,KWD,KYD,KZT,LAK,LBP,LKR,LRD,LSL,LYD,MAD,MDL,MGA,MKD,MMK,MNT,MOP,MRU,MUR,MVR,MWK,MXN,MYR,MZN,NAD,NGN,NIO,NOK,NPR,NZD,OMR,PAB,PEN,PGK,PHP,PKR,PLN,PYG,QAR,RON,RSD,RUB,RWF,SAR,SBD,SCR,SDG,SEK,SGD,SHP,SLE,SOS,SRD,SSP,STN,SVC,SYP,SZL,THB,TJS,TMT,TND,TOP,TRY,TTD,TWD,TZS,UAH,UGX,USD,UYU,UZS,VES,VND,VUV,WST,XAF,XCD,XOF,XPF,YER,ZAR,ZMW,ZWL}'::text[]);
 END
 $$;
-
--- Active ISO 4217 codes. Keep in sync with `Currency` in src/money.rs; a test
--- compares the two lists.
-CREATE FUNCTION is_iso4217(code text) RETURNS boolean
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    AS $$ SELECT code = ANY ('{AED,AFN,ALL,AMD,ANG,AOA,ARS,AUD,AWG,AZN,BAM,BBD,BDT,BGN,BHD,BIF,BMD,BND,BOB,BRL,BSD,BTN,BWP,BYN,BZD,CAD,CDF,CHF,CLP,CNY,COP,CRC,CUP,CVE,CZK,DJF,DKK,DOP,DZD,EGP,ERN,ETB,EUR,FJD,FKP,GBP,GEL,GHS,GIP,GMD,GNF,GTQ,GYD,HKD,HNL,HTG,HUF,IDR,ILS,INR,IQD,IRR,ISK,JMD,JOD,JPY,KES,KGS,KHR,KMF,KPW,KRW,KWD,KYD,KZT,LAK,LBP,LKR,LRD,LSL,LYD,MAD,MDL,MGA,MKD,MMK,MNT,MOP,MRU,MUR,MVR,MWK,MXN,MYR,MZN,NAD,NGN,NIO,NOK,NPR,NZD,OMR,PAB,PEN,PGK,PHP,PKR,PLN,PYG,QAR,RON,RSD,RUB,RWF,SAR,SBD,SCR,SDG,SEK,SGD,SHP,SLE,SOS,SRD,SSP,STN,SVC,SYP,SZL,THB,TJS,TMT,TND,TOP,TRY,TTD,TWD,TZS,UAH,UGX,USD,UYU,UZS,VES,VND,VUV,WST,XAF,XCD,XOF,XPF,YER,ZAR,ZMW,ZWL}'::text[]) $$;
 
 CREATE FUNCTION is_e164(phone text) RETURNS boolean
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -81,33 +78,9 @@ CREATE TABLE tenants (
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE TRIGGER tenants_set_timestamps BEFORE UPDATE ON tenants
-    FOR EACH ROW EXECUTE FUNCTION set_timestamps();
-
 -- Not FORCEd: the platform scope (the table owner) provisions tenants, while
 -- loyalty_app sees only the row of the tenant it is acting for.
 ALTER TABLE tenants ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tenant_self ON tenants TO loyalty_app
     USING (id = current_tenant_id());
 GRANT SELECT ON tenants TO loyalty_app;
-
--- Runs inside the guard's opening round trip, as loyalty_app: the RLS policy
--- above already limits the lookup to the tenant in context. The constraint
--- names let Rust recognise these errors without reading the message.
-CREATE FUNCTION assert_tenant_active() RETURNS void
-    LANGUAGE plpgsql
-    AS $$
-DECLARE
-    tenant_status text;
-BEGIN
-    SELECT status INTO tenant_status FROM tenants WHERE id = current_tenant_id();
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'unknown tenant %', current_tenant_id()
-            USING ERRCODE = 'P0002', CONSTRAINT = 'loyalty_unknown_tenant';
-    END IF;
-    IF tenant_status <> 'active' THEN
-        RAISE EXCEPTION 'tenant % is %', current_tenant_id(), tenant_status
-            USING ERRCODE = 'P0001', CONSTRAINT = 'loyalty_tenant_suspended';
-    END IF;
-END
-$$;

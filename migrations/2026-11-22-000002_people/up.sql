@@ -11,8 +11,6 @@ CREATE TABLE staff_users (
     PRIMARY KEY (tenant_id, id)
 );
 CREATE UNIQUE INDEX staff_users_tenant_email_key ON staff_users (tenant_id, lower(email));
-CREATE TRIGGER staff_users_set_timestamps BEFORE UPDATE ON staff_users
-    FOR EACH ROW EXECUTE FUNCTION set_timestamps();
 SELECT isolate_by_tenant('staff_users');
 GRANT SELECT, INSERT, UPDATE, DELETE ON staff_users TO loyalty_app;
 
@@ -27,8 +25,6 @@ CREATE TABLE customers (
     PRIMARY KEY (tenant_id, id),
     CONSTRAINT customers_tenant_phone_key UNIQUE (tenant_id, phone_e164)
 );
-CREATE TRIGGER customers_set_timestamps BEFORE UPDATE ON customers
-    FOR EACH ROW EXECUTE FUNCTION set_timestamps();
 SELECT isolate_by_tenant('customers');
 GRANT SELECT, INSERT, UPDATE, DELETE ON customers TO loyalty_app;
 

@@ -8,6 +8,9 @@ CREATE TABLE issuances (
     rule_id          uuid NOT NULL,
     customer_id      uuid NOT NULL,
     reward_id        uuid NOT NULL,
+    -- The campaign's budget at the time of issue: release and commit hit
+    -- that same budget even if the campaign moves to another.
+    budget_id        uuid NOT NULL,
     voucher_code_id  uuid,
     status           text NOT NULL CHECK (status IN ('reserved', 'issued', 'redeemed', 'expired', 'cancelled')),
     cost_amount      numeric(18, 2) NOT NULL CHECK (cost_amount > 0),
@@ -25,17 +28,20 @@ CREATE TABLE issuances (
     CONSTRAINT issuances_rule_fkey FOREIGN KEY (tenant_id, rule_id, campaign_id, reward_id)
         REFERENCES rules (tenant_id, id, campaign_id, reward_id),
     FOREIGN KEY (tenant_id, customer_id) REFERENCES customers (tenant_id, id),
+    FOREIGN KEY (tenant_id, budget_id) REFERENCES budgets (tenant_id, id),
     CONSTRAINT issuances_redeemed_at_matches_status CHECK ((status = 'redeemed') = (redeemed_at IS NOT NULL)),
     CONSTRAINT issuances_expiry_order CHECK (expires_at > issued_at)
 );
+-- Only issuances with an expiry can be swept by expire_issuances.
 CREATE INDEX issuances_status_expires_idx ON issuances (tenant_id, status, expires_at)
-    WHERE status IN ('issued', 'reserved');
-CREATE INDEX issuances_rule_customer_idx ON issuances (tenant_id, rule_id, customer_id);
+    WHERE status IN ('issued', 'reserved') AND expires_at IS NOT NULL;
+-- Per-customer limits count a customer's issuances of a rule that are not
+-- cancelled; with the status in the predicate the count reads the index alone.
+CREATE INDEX issuances_rule_customer_idx ON issuances (tenant_id, rule_id, customer_id)
+    WHERE status <> 'cancelled';
 CREATE INDEX issuances_customer_issued_idx ON issuances (tenant_id, customer_id, issued_at DESC, id);
 CREATE INDEX issuances_issued_idx ON issuances (tenant_id, issued_at DESC, id);
 CREATE INDEX issuances_reward_idx ON issuances (tenant_id, reward_id, issued_at);
-CREATE TRIGGER issuances_set_timestamps BEFORE UPDATE ON issuances
-    FOR EACH ROW EXECUTE FUNCTION set_timestamps();
 SELECT isolate_by_tenant('issuances');
 GRANT SELECT, INSERT, UPDATE ON issuances TO loyalty_app;
 
@@ -61,8 +67,8 @@ CREATE TABLE voucher_codes (
 );
 CREATE INDEX voucher_codes_available_idx ON voucher_codes (tenant_id, reward_id)
     WHERE status = 'available';
-CREATE TRIGGER voucher_codes_set_timestamps BEFORE UPDATE ON voucher_codes
-    FOR EACH ROW EXECUTE FUNCTION set_timestamps();
+CREATE INDEX voucher_codes_issuance_idx ON voucher_codes (tenant_id, issuance_id)
+    WHERE issuance_id IS NOT NULL;
 SELECT isolate_by_tenant('voucher_codes');
 GRANT SELECT, INSERT, UPDATE ON voucher_codes TO loyalty_app;
 

@@ -32,8 +32,6 @@ CREATE TABLE wa_sessions (
     FOREIGN KEY (tenant_id, customer_id) REFERENCES customers (tenant_id, id)
 );
 CREATE INDEX wa_sessions_customer_idx ON wa_sessions (tenant_id, customer_id) WHERE customer_id IS NOT NULL;
-CREATE TRIGGER wa_sessions_set_timestamps BEFORE UPDATE ON wa_sessions
-    FOR EACH ROW EXECUTE FUNCTION set_timestamps();
 SELECT isolate_by_tenant('wa_sessions');
 GRANT SELECT, INSERT, UPDATE, DELETE ON wa_sessions TO loyalty_app;
 

@@ -1,5 +1,5 @@
-//! Dashboard figures over one tenant's data: the seed's analytics queries,
-//! with its two mistakes fixed.
+//! Dashboard figures over one tenant's data: counts, the redemption rate and
+//! the most issued rewards.
 
 use bigdecimal::BigDecimal;
 use chrono::{DateTime, Utc};
@@ -15,7 +15,7 @@ use crate::repo::rewards::RewardType;
 use crate::tenant::TenantConn;
 use crate::validate;
 
-/// `GetDashboardStats`.
+/// Active customers now, and activity since a cut-off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName, Serialize, Deserialize)]
 pub struct DashboardStats {
     #[diesel(sql_type = BigInt)]
@@ -31,7 +31,7 @@ pub struct DashboardStats {
     pub rewards_redeemed: i64,
 }
 
-/// `GetRedemptionRate`.
+/// How many of a window's issuances were redeemed.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RedemptionRate {
     /// Every issuance made in the window, whatever its status now.
@@ -42,7 +42,7 @@ pub struct RedemptionRate {
     pub rate_percent: f64,
 }
 
-/// One line of `GetTopRewards`.
+/// One reward's line in [`AnalyticsRepository::top_rewards`].
 #[derive(Debug, Clone, PartialEq, QueryableByName, Serialize, Deserialize)]
 pub struct TopReward {
     #[diesel(sql_type = SqlUuid)]
@@ -74,16 +74,17 @@ pub trait AnalyticsRepository {
     ) -> impl Future<Output = Result<DashboardStats>> + Send;
     /// Of the issuances made in `range`, how many were redeemed.
     ///
-    /// The seed divided by the issuances still in status `issued`, which
-    /// leaves out the redeemed ones and overstates the rate (to infinity
-    /// once everything is redeemed).
+    /// The rate divides by every issuance made in the window, whatever its
+    /// status now: dividing by those still `issued` would leave out the
+    /// redeemed ones and overstate the rate (to infinity once everything is
+    /// redeemed).
     fn redemption_rate(
         &mut self,
         range: TimeRange,
     ) -> impl Future<Output = Result<RedemptionRate>> + Send;
     /// Rewards by issuances made in `range`, most first, including rewards
-    /// with none. The seed filtered the outer side of its LEFT JOIN in WHERE,
-    /// which turned it into an inner join and dropped those rewards.
+    /// with none: the window is a condition of the outer join, because in
+    /// WHERE it would turn the join into an inner one and drop them.
     fn top_rewards(
         &mut self,
         range: TimeRange,

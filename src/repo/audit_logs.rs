@@ -89,10 +89,10 @@ impl NewAuditLog {
 
 /// The audit trail of one tenant.
 pub trait AuditLogRepository {
-    /// `InsertAuditLog`.
+    /// Appends an entry and returns it.
     fn insert(&mut self, new: NewAuditLog) -> impl Future<Output = Result<AuditLog>> + Send;
-    /// `ListAuditLogs`: entries created within `range`, newest first, one
-    /// keyset page at a time.
+    /// Entries created within `range`, newest first, one keyset page at a
+    /// time.
     fn list(
         &mut self,
         range: TimeRange,

@@ -1,6 +1,6 @@
 //! Budgets and their append-only ledger.
 //!
-//! Every movement is one call to the SQL function `move_budget`, which locks
+//! Every movement is one call to the SQL function `loyalty.move_budget`, which locks
 //! the budget row, checks, updates and writes the ledger entry in the same
 //! statement. At every moment `hard_cap`, `reserved` and `spent` equal what
 //! the budget's entries sum to; [`BudgetRepository::verify_ledger`] checks it.
@@ -8,7 +8,7 @@
 use bigdecimal::{BigDecimal, Zero};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Nullable, Numeric, Text, Uuid as SqlUuid};
+use diesel::sql_types::{Bool, Nullable, Numeric, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::ids::{BudgetId, LedgerEntryId, TenantId};
 use crate::money::Currency;
 use crate::page::Page;
+use crate::refusal::Refusal;
 use crate::schema::{budgets, ledger_entries};
 use crate::tenant::TenantConn;
 use crate::text_enum::text_enum;
@@ -70,6 +71,9 @@ pub struct LedgerEntry {
     pub currency: Currency,
     pub ref_type: String,
     pub ref_id: Uuid,
+    /// Set on the reserve entries of one batch issuance, which reserved
+    /// their whole cost at once.
+    pub batch_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -116,8 +120,10 @@ pub struct Movement {
 
 #[derive(QueryableByName)]
 struct MoveRow {
-    #[diesel(sql_type = Text)]
-    outcome: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    refusal: Option<String>,
+    #[diesel(sql_type = Bool)]
+    replayed: bool,
     #[diesel(sql_type = Nullable<Numeric>)]
     hard_cap: Option<BigDecimal>,
     #[diesel(sql_type = Nullable<Numeric>)]
@@ -158,7 +164,8 @@ pub trait BudgetRepository {
         amount: BigDecimal,
         ref_id: Uuid,
     ) -> impl Future<Output = Result<Movement>> + Send;
-    /// Reserves `amount`, or [`Error::BudgetExhausted`] if that would cross the cap.
+    /// Reserves `amount`, or refuses with [`Refusal::BudgetExhausted`] if that
+    /// would cross the cap.
     fn reserve(
         &mut self,
         id: BudgetId,
@@ -189,7 +196,7 @@ pub trait BudgetRepository {
     /// unless something wrote to the tables behind this crate's back.
     ///
     /// Issuances made through this guard reserve their cost at commit; this
-    /// reserves it first, so it can fail with [`Error::BudgetExhausted`].
+    /// reserves it first, so it can be refused with [`Refusal::BudgetExhausted`].
     fn verify_ledger(&mut self) -> impl Future<Output = Result<Vec<LedgerMismatch>>> + Send;
 }
 
@@ -220,42 +227,39 @@ impl Budgets<'_> {
                 "\"issuance\" is booked only by the issuance functions",
             ));
         }
-        let row: MoveRow = diesel::sql_query("SELECT * FROM move_budget($1, $2, $3, $4, $5)")
-            .bind::<SqlUuid, _>(id)
-            .bind::<Text, _>(entry_type)
-            .bind::<Numeric, _>(amount)
-            .bind::<Text, _>(&reference.ref_type)
-            .bind::<SqlUuid, _>(reference.ref_id)
-            .get_result(self.0.conn())
-            .await?;
-        let figures = |applied| match (row.hard_cap, row.reserved, row.spent) {
+        let row: MoveRow = diesel::sql_query(
+            "SELECT refusal::text, replayed, hard_cap, reserved, spent \
+               FROM loyalty.move_budget($1, $2, $3, $4, $5)",
+        )
+        .bind::<SqlUuid, _>(id)
+        .bind::<Text, _>(entry_type)
+        .bind::<Numeric, _>(amount)
+        .bind::<Text, _>(&reference.ref_type)
+        .bind::<SqlUuid, _>(reference.ref_id)
+        .get_result(self.0.conn())
+        .await?;
+        if let Some(refusal) = row.refusal {
+            return Err(Refusal::from_json(&refusal)
+                .map(Error::Refused)
+                .unwrap_or_else(|| unreadable_answer(&refusal)));
+        }
+        match (row.hard_cap, row.reserved, row.spent) {
             (Some(hard_cap), Some(reserved), Some(spent)) => Ok(Movement {
-                applied,
+                applied: !row.replayed,
                 hard_cap,
                 reserved,
                 spent,
             }),
-            _ => Err(Error::NotFound),
-        };
-        match row.outcome.as_str() {
-            "applied" => figures(true),
-            "replayed" => figures(false),
-            "missing" => Err(Error::NotFound),
-            "exhausted" => Err(Error::BudgetExhausted),
-            "not_reserved" => Err(Error::InvalidState {
-                reason: format!("no reservation of {amount} under this reference"),
-            }),
-            "conflicting_replay" => Err(Error::InvalidState {
-                reason: "this reference was booked before with another amount".into(),
-            }),
-            "already_settled" => Err(Error::InvalidState {
-                reason: "the reservation was already released or committed".into(),
-            }),
-            other => Err(Error::InvalidState {
-                reason: format!("unexpected outcome {other:?} from move_budget"),
-            }),
+            _ => Err(unreadable_answer("a movement without figures")),
         }
     }
+}
+
+/// A database older or newer than this crate answered something it cannot read.
+fn unreadable_answer(answer: &str) -> Error {
+    Error::Database(diesel::result::Error::DeserializationError(
+        format!("unexpected answer from loyalty.move_budget: {answer}").into(),
+    ))
 }
 
 impl BudgetRepository for Budgets<'_> {
@@ -347,7 +351,7 @@ impl BudgetRepository for Budgets<'_> {
     }
 
     async fn verify_ledger(&mut self) -> Result<Vec<LedgerMismatch>> {
-        diesel::sql_query("SELECT settle_pending_reservations()")
+        diesel::sql_query("SELECT loyalty.settle_pending_reservations()")
             .execute(self.0.conn())
             .await?;
         Ok(diesel::sql_query(

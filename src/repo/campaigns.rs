@@ -89,18 +89,21 @@ impl NewCampaign {
 
 /// Campaigns of one tenant.
 pub trait CampaignRepository {
-    /// `CreateCampaign`.
+    /// Creates a campaign; [`crate::Error::InvalidInput`] if `end_at` is not
+    /// after `start_at`.
     fn create(&mut self, new: NewCampaign) -> impl Future<Output = Result<Campaign>> + Send;
-    /// `GetCampaignByID`.
+    /// One campaign, or [`crate::Error::NotFound`].
     fn get(&mut self, id: CampaignId) -> impl Future<Output = Result<Campaign>> + Send;
     /// All campaigns, newest first.
     fn list(&mut self, page: Page) -> impl Future<Output = Result<Vec<Campaign>>> + Send;
-    /// `ListActiveCampaigns`: active, and `at` inside the window; newest first.
+    /// Campaigns running at `at` (active, and `at` inside the window),
+    /// newest first.
     fn list_active(
         &mut self,
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<Campaign>>> + Send;
-    /// `UpdateCampaignStatus`, audited as `campaign.status_changed`.
+    /// Sets the status and returns the updated row, audited as
+    /// `campaign.status_changed`.
     fn update_status(
         &mut self,
         id: CampaignId,

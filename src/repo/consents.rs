@@ -62,14 +62,15 @@ pub struct NewConsent {
 
 /// Consent history of one tenant's customers.
 pub trait ConsentRepository {
-    /// `RecordConsent`: appends an entry; earlier ones are kept.
+    /// Appends an entry; earlier ones are kept.
     fn record(&mut self, new: NewConsent) -> impl Future<Output = Result<Consent>> + Send;
-    /// `GetCustomerConsents`: every entry for a customer, latest first.
+    /// Every entry for a customer, latest first.
     fn history(
         &mut self,
         customer_id: CustomerId,
     ) -> impl Future<Output = Result<Vec<Consent>>> + Send;
-    /// `GetLatestConsent`: the entry in force, if any was ever recorded.
+    /// The entry in force for a channel and purpose, if any was ever
+    /// recorded.
     fn latest(
         &mut self,
         customer_id: CustomerId,

@@ -1,8 +1,9 @@
 //! Reward issuances: the money path.
 //!
 //! Issuing, redeeming, cancelling and expiring are each one statement calling
-//! a SQL function from the migrations (`issue_reward`, `redeem_issuance`,
-//! `cancel_issuance`, `expire_issuances`, `issue_reward_batch`). Inside it the
+//! a function of the SQL layer (`loyalty.issue_reward`, `redeem_issuance`,
+//! `cancel_issuance`, `expire_issuances`, `issue_reward_batch` in
+//! `sql/50_issuance.sql`). Inside it the
 //! checks, the locks and the writes run in the order that keeps concurrent
 //! callers correct, and the whole call is one round trip. A refusal is an
 //! error that rolls the statement back; nothing is half-written.
@@ -16,8 +17,8 @@
 //! client. `issue` still refuses an exhausted budget or a used-up limit up
 //! front; only when concurrent issuances take the last of it between `issue`
 //! and `commit` does [`TenantConn::commit`] fail with
-//! [`Error::BudgetExhausted`] or [`Error::LimitReached`], and then nothing
-//! of the guard's work is kept.
+//! [`Refusal::BudgetExhausted`] or [`Refusal::LimitReached`], and then
+//! nothing of the guard's work is kept. See `docs/money-path.md`.
 
 use std::collections::HashSet;
 
@@ -36,6 +37,7 @@ use crate::ids::{
 };
 use crate::money::Currency;
 use crate::page::KeysetPage;
+use crate::refusal::Refusal;
 use crate::schema::issuances;
 use crate::tenant::TenantConn;
 use crate::text_enum::text_enum;
@@ -148,12 +150,10 @@ pub enum BatchOutcome {
     /// Would have been issued, but another recipient was refused, so the
     /// batch wrote nothing.
     Held,
-    CustomerNotFound,
-    CustomerInactive,
-    /// The rule's per-customer limit is used up (counting this batch).
-    LimitReached,
-    /// The idempotency key was used before for another rule or customer.
-    IdempotencyConflict,
+    /// Refused for this recipient: [`Refusal::CustomerNotFound`],
+    /// [`Refusal::CustomerInactive`], [`Refusal::LimitReached`] (per customer,
+    /// counting this batch) or [`Refusal::IdempotencyConflict`].
+    Refused(Refusal),
 }
 
 /// One recipient's line in a [`BatchReport`].
@@ -178,16 +178,16 @@ pub trait IssuanceRepository {
     /// campaign runs and the rule is active; enforces the rule's
     /// per-customer and global limits; claims a voucher code when the
     /// reward uses codes; reserves the cost on the campaign's budget; and
-    /// writes the issuance and its ledger entry. Refusals are
-    /// [`Error::CampaignNotRunning`], [`Error::RuleInactive`],
-    /// [`Error::LimitReached`], [`Error::NoCodesAvailable`],
-    /// [`Error::BudgetExhausted`], [`Error::NotFound`],
-    /// [`Error::InvalidState`], and [`Error::Conflict`] for a key used before
-    /// with another rule or customer; they leave nothing written but end the
-    /// guard's transaction. The budget reservation and the global limit
-    /// become binding at commit, so [`TenantConn::commit`] can also return
-    /// [`Error::BudgetExhausted`] or [`Error::LimitReached`] (see the module
-    /// docs): treat the issuance as given only once the commit succeeds.
+    /// writes the issuance and its ledger entry. A refusal is
+    /// [`Error::Refused`] with the [`Refusal`] (campaign not running, rule
+    /// inactive, limit reached, no codes, budget exhausted, rule or customer
+    /// not found, customer inactive, reward archived, key used before with
+    /// another rule or customer, ...); it leaves nothing written but ends
+    /// the guard's transaction. The budget reservation and the global limit
+    /// become binding at commit, so [`TenantConn::commit`] can also be
+    /// refused with [`Refusal::BudgetExhausted`] or [`Refusal::LimitReached`]
+    /// (see the module docs): treat the issuance as given only once the
+    /// commit succeeds.
     /// Make one money-path call per guard (or use
     /// [`issue_batch`](IssuanceRepository::issue_batch)): a guard holding one
     /// issuance's locks while waiting for another's can deadlock with a
@@ -233,16 +233,27 @@ impl TenantConn {
 }
 
 diesel::define_sql_function! {
+    #[sql_name = "loyalty.issue_reward"]
     fn issue_reward(id: SqlUuid, rule_id: SqlUuid, customer_id: SqlUuid, key: Text,
                     expires_at: Nullable<Timestamptz>) -> Jsonb;
 }
 diesel::define_sql_function! {
+    #[sql_name = "loyalty.issue_reward_batch"]
     fn issue_reward_batch(rule_id: SqlUuid, customer_ids: Array<SqlUuid>, keys: Array<Text>,
                           ids: Array<SqlUuid>, expires_at: Nullable<Timestamptz>) -> Jsonb;
 }
-diesel::define_sql_function!(fn redeem_issuance(id: SqlUuid) -> Jsonb);
-diesel::define_sql_function!(fn cancel_issuance(id: SqlUuid) -> Jsonb);
-diesel::define_sql_function!(fn expire_issuances(now: Timestamptz, batch: Integer) -> Integer);
+diesel::define_sql_function! {
+    #[sql_name = "loyalty.redeem_issuance"]
+    fn redeem_issuance(id: SqlUuid) -> Jsonb;
+}
+diesel::define_sql_function! {
+    #[sql_name = "loyalty.cancel_issuance"]
+    fn cancel_issuance(id: SqlUuid) -> Jsonb;
+}
+diesel::define_sql_function! {
+    #[sql_name = "loyalty.expire_issuances"]
+    fn expire_issuances(now: Timestamptz, batch: Integer) -> Integer;
+}
 
 /// A `jsonb` answer parsed straight into `T`, without an intermediate
 /// `serde_json::Value` tree: every money-path call reads one.
@@ -283,10 +294,13 @@ struct RawBatch {
     items: Option<Vec<RawItem>>,
 }
 
+/// One recipient's line as the SQL sends it: `verdict` is `issue`,
+/// `replayed` or `refused`, and a refused line carries its refusal.
 #[derive(Deserialize)]
 struct RawItem {
     customer_id: CustomerId,
     verdict: String,
+    refusal: Option<Refusal>,
     issuance_id: Option<IssuanceId>,
     voucher_code: Option<String>,
 }
@@ -297,18 +311,17 @@ impl RawItem {
             issuance_id,
             voucher_code: self.voucher_code,
         });
-        let outcome = match (self.verdict.as_str(), issuance) {
-            ("issue", Some(issued)) if applied => BatchOutcome::Issued(issued),
-            ("issue", _) => BatchOutcome::Held,
-            ("replayed", Some(issued)) => BatchOutcome::Replayed(issued),
-            ("customer_not_found", _) => BatchOutcome::CustomerNotFound,
-            ("customer_inactive", _) => BatchOutcome::CustomerInactive,
-            ("customer_limit_reached", _) => BatchOutcome::LimitReached,
-            ("idempotency_conflict", _) => BatchOutcome::IdempotencyConflict,
-            (other, _) => {
-                return Err(Error::InvalidState {
-                    reason: format!("unexpected batch verdict {other:?}"),
-                });
+        let outcome = match (self.verdict.as_str(), issuance, self.refusal) {
+            ("issue", Some(issued), None) if applied => BatchOutcome::Issued(issued),
+            ("issue", _, None) => BatchOutcome::Held,
+            ("replayed", Some(issued), None) => BatchOutcome::Replayed(issued),
+            ("refused", _, Some(refusal)) => BatchOutcome::Refused(refusal),
+            (verdict, ..) => {
+                return Err(Error::Database(
+                    diesel::result::Error::DeserializationError(
+                        format!("unexpected batch verdict {verdict:?}").into(),
+                    ),
+                ));
             }
         };
         Ok(BatchItem {

@@ -87,13 +87,13 @@ pub trait RuleRepository {
     /// Activates or deactivates a rule, audited as `rule.activated` or `rule.deactivated`.
     fn set_active(&mut self, id: RuleId, active: bool)
     -> impl Future<Output = Result<Rule>> + Send;
-    /// `GetRuleIssuanceCount`: issuances made by this rule since `since`.
+    /// Issuances made by this rule (not its whole campaign) since `since`.
     fn issuance_count(
         &mut self,
         id: RuleId,
         since: DateTime<Utc>,
     ) -> impl Future<Output = Result<i64>> + Send;
-    /// `GetCustomerRuleIssuanceCount`: issuances this rule made to one customer.
+    /// Issuances this rule made to one customer.
     fn customer_issuance_count(
         &mut self,
         id: RuleId,

@@ -89,18 +89,19 @@ impl std::fmt::Debug for NewStaffUser {
 
 /// Staff users of one tenant. Emails are unique per tenant, ignoring case.
 pub trait StaffUserRepository {
-    /// `CreateStaffUser`; [`crate::Error::Conflict`] if the email is taken.
+    /// Adds a staff user; [`crate::Error::Conflict`] if the email is taken.
     fn create(&mut self, new: NewStaffUser) -> impl Future<Output = Result<StaffUser>> + Send;
-    /// `GetStaffUserByID`.
+    /// One staff user, or [`crate::Error::NotFound`].
     fn get(&mut self, id: StaffUserId) -> impl Future<Output = Result<StaffUser>> + Send;
-    /// `GetStaffUserByEmail`, ignoring case.
+    /// The staff user with this email, ignoring case, if any.
     fn find_by_email(
         &mut self,
         email: &str,
     ) -> impl Future<Output = Result<Option<StaffUser>>> + Send;
-    /// `ListStaffUsers`, newest first.
+    /// Staff users, newest first, one offset page at a time.
     fn list(&mut self, page: Page) -> impl Future<Output = Result<Vec<StaffUser>>> + Send;
-    /// `UpdateStaffUserRole`, audited as `staff.role_changed`.
+    /// Changes the role and returns the updated row, audited as
+    /// `staff.role_changed`.
     fn update_role(
         &mut self,
         id: StaffUserId,

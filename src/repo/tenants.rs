@@ -1,8 +1,8 @@
-//! Tenants, provisioned through the platform scope ([`crate::Store::platform`]).
+//! Tenants: rows, inputs and the repository trait. The platform scope
+//! ([`crate::Store::platform`], [`crate::Platform`]) implements it.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -10,7 +10,6 @@ use crate::error::{Error, Result};
 use crate::ids::TenantId;
 use crate::money::Currency;
 use crate::schema::tenants;
-use crate::store::PgPool;
 use crate::text_enum::text_enum;
 
 text_enum! {
@@ -76,7 +75,7 @@ impl NewTenant {
         self
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let name_len = self.name.chars().count();
         if !(1..=200).contains(&name_len) {
             return Err(Error::invalid("name", "must be 1 to 200 characters"));
@@ -93,7 +92,7 @@ impl NewTenant {
     }
 }
 
-fn validate_theme(theme: &Value) -> Result<()> {
+pub(crate) fn validate_theme(theme: &Value) -> Result<()> {
     if theme.is_object() {
         Ok(())
     } else {
@@ -109,16 +108,16 @@ pub struct TenantPage {
     pub limit: u32,
 }
 
-/// Tenant provisioning. [`Platform`] implements it; a service's unit tests can
+/// Tenant provisioning. [`crate::Platform`] implements it; a service's unit tests can
 /// implement it with a fake.
 pub trait TenantRepository {
-    /// `CreateTenant`.
+    /// Creates a tenant.
     fn create(&self, new: NewTenant) -> impl Future<Output = Result<Tenant>> + Send;
-    /// `GetTenantByID`; [`Error::NotFound`] if there is none.
+    /// One tenant, or [`Error::NotFound`].
     fn get(&self, id: TenantId) -> impl Future<Output = Result<Tenant>> + Send;
     /// Tenants in id order, one keyset page at a time (`limit` at most 1000).
     fn list(&self, page: TenantPage) -> impl Future<Output = Result<Vec<Tenant>>> + Send;
-    /// `UpdateTenantTheme`; returns the updated row.
+    /// Replaces the tenant's theme (a JSON object); returns the updated row.
     fn update_theme(
         &self,
         id: TenantId,
@@ -130,75 +129,4 @@ pub trait TenantRepository {
         id: TenantId,
         status: TenantStatus,
     ) -> impl Future<Output = Result<Tenant>> + Send;
-}
-
-/// The platform scope: runs as the login role, outside any tenant context.
-/// It reaches the `tenants` table and nothing tenant-owned.
-#[derive(Debug, Clone, Copy)]
-pub struct Platform<'a> {
-    pool: &'a PgPool,
-}
-
-impl<'a> Platform<'a> {
-    pub(crate) fn new(pool: &'a PgPool) -> Self {
-        Platform { pool }
-    }
-}
-
-const MAX_PAGE: u32 = 1000;
-
-impl TenantRepository for Platform<'_> {
-    async fn create(&self, new: NewTenant) -> Result<Tenant> {
-        new.validate()?;
-        let mut conn = self.pool.get().await?;
-        Ok(diesel::insert_into(tenants::table)
-            .values(&new)
-            .returning(Tenant::as_returning())
-            .get_result(&mut conn)
-            .await?)
-    }
-
-    async fn get(&self, id: TenantId) -> Result<Tenant> {
-        let mut conn = self.pool.get().await?;
-        Ok(tenants::table
-            .find(id)
-            .select(Tenant::as_select())
-            .get_result(&mut conn)
-            .await?)
-    }
-
-    async fn list(&self, page: TenantPage) -> Result<Vec<Tenant>> {
-        if !(1..=MAX_PAGE).contains(&page.limit) {
-            return Err(Error::invalid("limit", format!("must be 1 to {MAX_PAGE}")));
-        }
-        let mut conn = self.pool.get().await?;
-        let mut query = tenants::table
-            .select(Tenant::as_select())
-            .order(tenants::id)
-            .limit(i64::from(page.limit))
-            .into_boxed();
-        if let Some(after) = page.after {
-            query = query.filter(tenants::id.gt(after));
-        }
-        Ok(query.load(&mut conn).await?)
-    }
-
-    async fn update_theme(&self, id: TenantId, theme: Value) -> Result<Tenant> {
-        validate_theme(&theme)?;
-        let mut conn = self.pool.get().await?;
-        Ok(diesel::update(tenants::table.find(id))
-            .set(tenants::theme.eq(theme))
-            .returning(Tenant::as_returning())
-            .get_result(&mut conn)
-            .await?)
-    }
-
-    async fn set_status(&self, id: TenantId, status: TenantStatus) -> Result<Tenant> {
-        let mut conn = self.pool.get().await?;
-        Ok(diesel::update(tenants::table.find(id))
-            .set(tenants::status.eq(status))
-            .returning(Tenant::as_returning())
-            .get_result(&mut conn)
-            .await?)
-    }
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::ids::{IssuanceId, RewardId, TenantId, VoucherCodeId};
+use crate::refusal::Refusal;
 use crate::schema::voucher_codes;
 use crate::tenant::TenantConn;
 use crate::text_enum::text_enum;
@@ -78,16 +79,17 @@ pub trait VoucherCodeRepository {
         reward_id: RewardId,
         codes: &[String],
     ) -> impl Future<Output = Result<ImportReport>> + Send;
-    /// `ReserveVoucherCode`: claims one available code for an issuance being
-    /// created in this same transaction (the reference is checked at commit).
-    /// [`Error::NoCodesAvailable`] when the pool is empty; concurrent callers
-    /// skip each other's codes rather than wait.
+    /// Claims one available code for an issuance being created in this same
+    /// transaction (the reference is checked at commit). Refused with
+    /// [`crate::Refusal::NoCodesAvailable`] when the reward has none left;
+    /// concurrent callers skip each other's codes rather than wait.
     fn reserve(
         &mut self,
         reward_id: RewardId,
         issuance_id: IssuanceId,
     ) -> impl Future<Output = Result<VoucherCode>> + Send;
-    /// `MarkVoucherCodeIssued`: the customer has received the code.
+    /// Marks a reserved code as delivered to the customer and stamps
+    /// `issued_at`.
     fn mark_issued(
         &mut self,
         id: VoucherCodeId,
@@ -131,9 +133,7 @@ impl VoucherCodes<'_> {
             .get_result::<VoucherStatus>(self.0.conn())
             .await;
         match current {
-            Ok(status) => Error::InvalidState {
-                reason: format!("voucher code is {status}, not {required}"),
-            },
+            Ok(status) => Error::VoucherCodeStatus { status, required },
             Err(e) => e.into(),
         }
     }
@@ -211,7 +211,7 @@ impl VoucherCodeRepository for VoucherCodes<'_> {
         .get_result(self.0.conn())
         .await
         .optional()?
-        .ok_or(Error::NoCodesAvailable)
+        .ok_or(Error::Refused(Refusal::NoCodesAvailable))
     }
 
     async fn mark_issued(&mut self, id: VoucherCodeId) -> Result<VoucherCode> {

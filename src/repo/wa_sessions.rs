@@ -40,12 +40,13 @@ pub struct NewWaSession {
 /// WhatsApp sessions of one tenant. Two tenants may hold sessions with the
 /// same WhatsApp id without touching each other.
 pub trait WaSessionRepository {
-    /// `UpsertWASession`: creates the session, or moves an existing one to
-    /// `state` and stamps `last_msg_at`.
+    /// Creates the session, or moves an existing one to `state`; either way
+    /// stamps `last_msg_at`.
     fn upsert(&mut self, new: NewWaSession) -> impl Future<Output = Result<WaSession>> + Send;
-    /// `GetWASessionByWAID`, or [`crate::Error::NotFound`].
+    /// The session for a WhatsApp id, or [`crate::Error::NotFound`].
     fn get(&mut self, wa_id: &str) -> impl Future<Output = Result<WaSession>> + Send;
-    /// `UpdateWASessionState`.
+    /// Moves a session to `state` and stamps `last_msg_at`, or
+    /// [`crate::Error::NotFound`].
     fn update_state(
         &mut self,
         wa_id: &str,
@@ -74,8 +75,8 @@ impl WaSessionRepository for WaSessions<'_> {
         validate::e164("phone_e164", &new.phone_e164)?;
         validate_state(&new.state)?;
         let tenant = self.0.tenant_id();
-        // The seed's ON CONFLICT (wa_id) ignored the tenant; the key is
-        // (tenant_id, wa_id).
+        // Sessions are unique per (tenant_id, wa_id), so two tenants can hold
+        // the same WhatsApp id: the conflict target names both columns.
         Ok(diesel::insert_into(wa_sessions::table)
             .values((
                 wa_sessions::tenant_id.eq(tenant),

@@ -1,10 +1,8 @@
 //! Voucher-code pools.
 
-mod common;
-
-use common::{Knobs, programme};
 use loyalty_store::prelude::*;
 use loyalty_store::repo::voucher_codes::{IMPORT_CHUNK, StatusCounts, VoucherStatus};
+use loyalty_store::testing::CampaignFixture;
 use loyalty_store::testing::TestDb;
 
 fn codes(names: &[&str]) -> Vec<String> {
@@ -15,14 +13,11 @@ fn codes(names: &[&str]) -> Vec<String> {
 async fn import_reports_duplicates_in_the_pool_and_in_the_input() {
     let db = TestDb::new().await;
     let store = db.store();
-    let p = programme(
-        store,
-        Knobs {
-            uses_codes: true,
-            ..Knobs::default()
-        },
-    )
-    .await;
+    let p = CampaignFixture::builder()
+        .uses_codes()
+        .create(store)
+        .await
+        .unwrap();
     let mut tx = store.tenant(p.tenant).await.unwrap();
     let first = tx
         .voucher_codes()
@@ -53,14 +48,11 @@ async fn import_reports_duplicates_in_the_pool_and_in_the_input() {
 async fn import_takes_more_than_one_chunk_and_refuses_bad_codes_whole() {
     let db = TestDb::new().await;
     let store = db.store();
-    let p = programme(
-        store,
-        Knobs {
-            uses_codes: true,
-            ..Knobs::default()
-        },
-    )
-    .await;
+    let p = CampaignFixture::builder()
+        .uses_codes()
+        .create(store)
+        .await
+        .unwrap();
     let many: Vec<String> = (0..IMPORT_CHUNK * 2 + 17)
         .map(|i| format!("BULK-{i}"))
         .collect();
@@ -88,15 +80,12 @@ async fn import_takes_more_than_one_chunk_and_refuses_bad_codes_whole() {
 async fn reserve_mark_issued_and_invalidate_move_codes_through_their_states() {
     let db = TestDb::new().await;
     let store = db.store();
-    let p = programme(
-        store,
-        Knobs {
-            uses_codes: true,
-            ..Knobs::default()
-        },
-    )
-    .await;
-    let customer = common::customers(store, p.tenant, 1).await[0];
+    let p = CampaignFixture::builder()
+        .uses_codes()
+        .create(store)
+        .await
+        .unwrap();
+    let customer = crate::support::customers(store, p.tenant, 1).await[0];
     let mut tx = store.tenant(p.tenant).await.unwrap();
     tx.voucher_codes()
         .import(p.reward, &codes(&["ONLY", "SPARE"]))
@@ -120,12 +109,17 @@ async fn reserve_mark_issued_and_invalidate_move_codes_through_their_states() {
     );
     assert!(matches!(
         tx.voucher_codes().invalidate(spare.id).await,
-        Err(Error::InvalidState { .. })
+        Err(Error::VoucherCodeStatus {
+            status: VoucherStatus::Invalid,
+            required: VoucherStatus::Available
+        })
     ));
     tx.commit().await.unwrap();
 
     // Issuing claims the code; a second claim finds the pool empty.
-    let issued = common::issue(store, &p, customer, "k1").await.unwrap();
+    let issued = crate::support::issue(store, &p, customer, "k1")
+        .await
+        .unwrap();
     assert_eq!(issued.voucher_code.as_deref(), Some("ONLY"));
     let mut tx = store.tenant(p.tenant).await.unwrap();
     let code_id = issued.issuance.voucher_code_id.unwrap();
@@ -133,18 +127,24 @@ async fn reserve_mark_issued_and_invalidate_move_codes_through_their_states() {
         tx.voucher_codes()
             .reserve(p.reward, IssuanceId::new())
             .await,
-        Err(Error::NoCodesAvailable)
+        Err(Error::Refused(Refusal::NoCodesAvailable))
     ));
     let delivered = tx.voucher_codes().mark_issued(code_id).await.unwrap();
     assert_eq!(delivered.status, VoucherStatus::Issued);
     assert!(delivered.issued_at.is_some());
     assert!(matches!(
         tx.voucher_codes().mark_issued(code_id).await,
-        Err(Error::InvalidState { .. })
+        Err(Error::VoucherCodeStatus {
+            status: VoucherStatus::Issued,
+            ..
+        })
     ));
     assert!(matches!(
         tx.voucher_codes().invalidate(code_id).await,
-        Err(Error::InvalidState { .. })
+        Err(Error::VoucherCodeStatus {
+            status: VoucherStatus::Issued,
+            ..
+        })
     ));
     assert!(matches!(
         tx.voucher_codes().mark_issued(VoucherCodeId::new()).await,
@@ -165,14 +165,11 @@ async fn reserve_mark_issued_and_invalidate_move_codes_through_their_states() {
 async fn a_code_reserved_for_an_issuance_that_never_appears_cannot_commit() {
     let db = TestDb::new().await;
     let store = db.store();
-    let p = programme(
-        store,
-        Knobs {
-            uses_codes: true,
-            ..Knobs::default()
-        },
-    )
-    .await;
+    let p = CampaignFixture::builder()
+        .uses_codes()
+        .create(store)
+        .await
+        .unwrap();
     let mut tx = store.tenant(p.tenant).await.unwrap();
     tx.voucher_codes()
         .import(p.reward, &codes(&["A"]))
@@ -201,14 +198,11 @@ async fn a_code_reserved_for_an_issuance_that_never_appears_cannot_commit() {
 async fn pools_are_per_tenant() {
     let db = TestDb::new().await;
     let store = db.store();
-    let p = programme(
-        store,
-        Knobs {
-            uses_codes: true,
-            ..Knobs::default()
-        },
-    )
-    .await;
+    let p = CampaignFixture::builder()
+        .uses_codes()
+        .create(store)
+        .await
+        .unwrap();
     let other = store
         .platform()
         .create(NewTenant::new("Other", "USD".parse().unwrap()))
@@ -230,7 +224,7 @@ async fn pools_are_per_tenant() {
         tx.voucher_codes()
             .reserve(p.reward, IssuanceId::new())
             .await,
-        Err(Error::NoCodesAvailable)
+        Err(Error::Refused(Refusal::NoCodesAvailable))
     ));
     let cross = tx.voucher_codes().import(p.reward, &codes(&["B"])).await;
     assert!(

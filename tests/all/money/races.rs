@@ -1,19 +1,15 @@
 //! Concurrency proofs: many tasks on one pool racing for the same budget,
 //! codes, limits and idempotency keys.
 
-mod common;
-
 use std::collections::HashSet;
 
+use crate::support::{assert_books_balance, budget, customers, import_codes, issue, money};
 use chrono::{Duration, Utc};
-use common::{
-    Knobs, assert_books_balance, budget, customers, import_codes, issue, money, programme,
-};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use loyalty_store::prelude::*;
 use loyalty_store::schema::issuances;
-use loyalty_store::testing::TestDb;
+use loyalty_store::testing::{CampaignFixture, TestDb};
 use loyalty_store::{Config, LimitScope};
 
 const TASKS: usize = 32;
@@ -31,11 +27,11 @@ async fn racing_store(db: &TestDb) -> Store {
 /// Runs `TASKS` issuances at once; task `n` issues to `customer(n)` under key `key(n)`.
 async fn race(
     store: &Store,
-    p: &common::Programme,
+    p: &CampaignFixture,
     customer: impl Fn(usize) -> CustomerId,
     key: impl Fn(usize) -> String,
 ) -> Vec<Result<loyalty_store::repo::issuances::Issued>> {
-    let programme = std::sync::Arc::new(*p);
+    let programme = std::sync::Arc::new(p.clone());
     let mut tasks = Vec::new();
     for n in 0..TASKS {
         let (store, programme, customer, key) =
@@ -56,15 +52,12 @@ async fn a_budget_for_k_issuances_grants_exactly_k() {
     let db = TestDb::new().await;
     let store = racing_store(&db).await;
     const K: usize = 7;
-    let p = programme(
-        &store,
-        Knobs {
-            hard_cap: 7,
-            cost: "1",
-            ..Knobs::default()
-        },
-    )
-    .await;
+    let p = CampaignFixture::builder()
+        .hard_cap(7)
+        .cost(money("1"))
+        .create(&store)
+        .await
+        .unwrap();
     let people = customers(&store, p.tenant, TASKS).await;
     let outcomes = race(&store, &p, |n| people[n], |n| format!("k{n}")).await;
     let granted = outcomes.iter().filter(|o| o.is_ok()).count();
@@ -73,7 +66,7 @@ async fn a_budget_for_k_issuances_grants_exactly_k() {
         outcomes
             .iter()
             .filter(|o| o.is_err())
-            .all(|o| matches!(o, Err(Error::BudgetExhausted)))
+            .all(|o| matches!(o, Err(Error::Refused(Refusal::BudgetExhausted))))
     );
     let b = budget(&store, &p).await;
     assert_eq!((b.reserved, b.spent), (money("7"), money("0")));
@@ -85,14 +78,11 @@ async fn a_pool_of_c_codes_hands_each_out_once() {
     let db = TestDb::new().await;
     let store = racing_store(&db).await;
     const C: usize = 9;
-    let p = programme(
-        &store,
-        Knobs {
-            uses_codes: true,
-            ..Knobs::default()
-        },
-    )
-    .await;
+    let p = CampaignFixture::builder()
+        .uses_codes()
+        .create(&store)
+        .await
+        .unwrap();
     import_codes(&store, &p, C).await;
     let people = customers(&store, p.tenant, TASKS).await;
     let outcomes = race(&store, &p, |n| people[n], |n| format!("k{n}")).await;
@@ -111,7 +101,7 @@ async fn a_pool_of_c_codes_hands_each_out_once() {
         outcomes
             .iter()
             .filter(|o| o.is_err())
-            .all(|o| matches!(o, Err(Error::NoCodesAvailable)))
+            .all(|o| matches!(o, Err(Error::Refused(Refusal::NoCodesAvailable))))
     );
     assert_books_balance(&store, p.tenant).await;
 }
@@ -120,22 +110,19 @@ async fn a_pool_of_c_codes_hands_each_out_once() {
 async fn per_customer_limits_hold_under_contention() {
     let db = TestDb::new().await;
     let store = racing_store(&db).await;
-    let p = programme(
-        &store,
-        Knobs {
-            per_customer_limit: Some(2),
-            ..Knobs::default()
-        },
-    )
-    .await;
+    let p = CampaignFixture::builder()
+        .per_customer_limit(2)
+        .create(&store)
+        .await
+        .unwrap();
     let ada = customers(&store, p.tenant, 1).await[0];
     let outcomes = race(&store, &p, |_| ada, |n| format!("k{n}")).await;
     assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 2);
     assert!(outcomes.iter().filter(|o| o.is_err()).all(|o| matches!(
         o,
-        Err(Error::LimitReached {
+        Err(Error::Refused(Refusal::LimitReached {
             scope: LimitScope::Customer
-        })
+        }))
     )));
     let mut tx = store.tenant(p.tenant).await.unwrap();
     assert_eq!(
@@ -151,22 +138,19 @@ async fn per_customer_limits_hold_under_contention() {
 async fn global_limits_hold_under_contention() {
     let db = TestDb::new().await;
     let store = racing_store(&db).await;
-    let p = programme(
-        &store,
-        Knobs {
-            global_limit: Some(5),
-            ..Knobs::default()
-        },
-    )
-    .await;
+    let p = CampaignFixture::builder()
+        .global_limit(5)
+        .create(&store)
+        .await
+        .unwrap();
     let people = customers(&store, p.tenant, TASKS).await;
     let outcomes = race(&store, &p, |n| people[n], |n| format!("k{n}")).await;
     assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 5);
     assert!(outcomes.iter().filter(|o| o.is_err()).all(|o| matches!(
         o,
-        Err(Error::LimitReached {
+        Err(Error::Refused(Refusal::LimitReached {
             scope: LimitScope::Global
-        })
+        }))
     )));
     let mut tx = store.tenant(p.tenant).await.unwrap();
     assert_eq!(
@@ -182,15 +166,12 @@ async fn global_limits_hold_under_contention() {
 async fn one_idempotency_key_from_16_tasks_issues_once() {
     let db = TestDb::new().await;
     let store = racing_store(&db).await;
-    let p = programme(
-        &store,
-        Knobs {
-            uses_codes: true,
-            per_customer_limit: Some(1),
-            ..Knobs::default()
-        },
-    )
-    .await;
+    let p = CampaignFixture::builder()
+        .uses_codes()
+        .per_customer_limit(1)
+        .create(&store)
+        .await
+        .unwrap();
     import_codes(&store, &p, 20).await;
     let ada = customers(&store, p.tenant, 1).await[0];
     let programme = std::sync::Arc::new(p);
@@ -225,16 +206,13 @@ async fn one_idempotency_key_from_16_tasks_issues_once() {
 async fn a_random_mix_keeps_the_books_balanced() {
     let db = TestDb::new().await;
     let store = racing_store(&db).await;
-    let p = programme(
-        &store,
-        Knobs {
-            hard_cap: 60,
-            uses_codes: true,
-            per_customer_limit: Some(3),
-            ..Knobs::default()
-        },
-    )
-    .await;
+    let p = CampaignFixture::builder()
+        .hard_cap(60)
+        .uses_codes()
+        .per_customer_limit(3)
+        .create(&store)
+        .await
+        .unwrap();
     import_codes(&store, &p, 40).await;
     let people = std::sync::Arc::new(customers(&store, p.tenant, 8).await);
     let programme = std::sync::Arc::new(p);
@@ -283,10 +261,12 @@ async fn a_random_mix_keeps_the_books_balanced() {
                 match committed {
                     Ok(issued) => mine.extend(issued),
                     Err(
-                        Error::BudgetExhausted
-                        | Error::NoCodesAvailable
-                        | Error::LimitReached { .. }
-                        | Error::InvalidState { .. },
+                        Error::Refused(Refusal::BudgetExhausted)
+                        | Error::Refused(Refusal::NoCodesAvailable)
+                        | Error::Refused(Refusal::LimitReached { .. })
+                        | Error::Refused(
+                            Refusal::IssuanceNotIssued { .. } | Refusal::IssuanceExpired,
+                        ),
                     ) => {}
                     Err(e) => panic!("unexpected: {e:?}"),
                 }
@@ -313,17 +293,14 @@ async fn batches_and_single_issuances_share_codes_budget_and_limits() {
     let db = TestDb::new().await;
     let store = racing_store(&db).await;
     const CAP: i64 = 40;
-    let p = programme(
-        &store,
-        Knobs {
-            hard_cap: CAP,
-            cost: "1",
-            uses_codes: true,
-            per_customer_limit: Some(3),
-            ..Knobs::default()
-        },
-    )
-    .await;
+    let p = CampaignFixture::builder()
+        .hard_cap(CAP)
+        .cost(money("1"))
+        .uses_codes()
+        .per_customer_limit(3)
+        .create(&store)
+        .await
+        .unwrap();
     // Codes and limits (20 customers × 3) leave room: the budget binds.
     import_codes(&store, &p, 60).await;
     let people = std::sync::Arc::new(customers(&store, p.tenant, 20).await);
@@ -349,8 +326,11 @@ async fn batches_and_single_issuances_share_codes_budget_and_limits() {
                         .await
                         .map(|report| if report.applied { 3 } else { 0 })
                 } else {
-                    let new =
-                        common::issue_to(&programme, customer(0), &format!("w{worker}-s{step}"));
+                    let new = crate::support::issue_to(
+                        &programme,
+                        customer(0),
+                        &format!("w{worker}-s{step}"),
+                    );
                     tx.issuances().issue(new).await.map(|_| 1)
                 };
                 let committed = match outcome {
@@ -360,9 +340,9 @@ async fn batches_and_single_issuances_share_codes_budget_and_limits() {
                 match committed {
                     Ok(n) => issued += n,
                     Err(
-                        Error::BudgetExhausted
-                        | Error::NoCodesAvailable
-                        | Error::LimitReached { .. },
+                        Error::Refused(Refusal::BudgetExhausted)
+                        | Error::Refused(Refusal::NoCodesAvailable)
+                        | Error::Refused(Refusal::LimitReached { .. }),
                     ) => {}
                     Err(e) => panic!("unexpected: {e:?}"),
                 }

@@ -1,8 +1,6 @@
 //! Budgets and the ledger.
 
-mod common;
-
-use common::money;
+use crate::support::money;
 use diesel_async::SimpleAsyncConnection;
 use loyalty_store::prelude::*;
 use loyalty_store::repo::budgets::EntryType;
@@ -55,7 +53,7 @@ async fn reserve_release_commit_and_top_up_keep_the_ledger_exact() {
     // the transaction usable.
     assert!(matches!(
         b.reserve(budget, money("21"), order(3)).await,
-        Err(Error::BudgetExhausted)
+        Err(Error::Refused(Refusal::BudgetExhausted))
     ));
     let committed = b.commit(budget, money("30"), order(1)).await.unwrap();
     assert_eq!(
@@ -76,20 +74,20 @@ async fn reserve_release_commit_and_top_up_keep_the_ledger_exact() {
     assert!(
         matches!(
             b.commit(budget, money("50"), order(2)).await,
-            Err(Error::InvalidState { .. })
+            Err(Error::Refused(Refusal::AlreadySettled))
         ),
         "released, so not committable"
     );
     assert!(
         matches!(
             b.release(budget, money("5"), order(9)).await,
-            Err(Error::InvalidState { .. })
+            Err(Error::Refused(Refusal::NotReserved))
         ),
         "never reserved"
     );
     assert!(matches!(
         b.commit(budget, money("29"), order(1)).await,
-        Err(Error::InvalidState { .. })
+        Err(Error::Refused(Refusal::ReferenceReused))
     ));
     let topped = b
         .top_up(budget, money("20.50"), Uuid::from_u128(77))
@@ -156,7 +154,7 @@ async fn bad_amounts_and_unknown_budgets_are_refused() {
         tx.budgets()
             .reserve(BudgetId::new(), money("1"), r.clone())
             .await,
-        Err(Error::NotFound)
+        Err(Error::Refused(Refusal::BudgetNotFound))
     ));
     assert!(matches!(
         tx.budgets().get(BudgetId::new()).await,
@@ -182,7 +180,7 @@ async fn bad_amounts_and_unknown_budgets_are_refused() {
     let mut tx = store.tenant(other).await.unwrap();
     assert!(matches!(
         tx.budgets().reserve(budget, money("1"), r).await,
-        Err(Error::NotFound)
+        Err(Error::Refused(Refusal::BudgetNotFound))
     ));
     assert!(matches!(
         tx.budgets().get(budget).await,
@@ -217,7 +215,7 @@ async fn verify_ledger_finds_a_budget_changed_behind_its_back() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_seeds_reserve_budget_no_longer_overspends() {
+async fn reserve_budget_never_overspends_under_concurrency() {
     let db = TestDb::new().await;
     let store = db.store().clone();
     let (tenant, budget) = shop(&store).await;
@@ -228,7 +226,7 @@ async fn the_seeds_reserve_budget_no_longer_overspends() {
         tasks.push(tokio::spawn(async move {
             let mut tx = store.tenant(tenant).await.unwrap();
             let ok: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
-                "reserve_budget('{tenant}', '{budget}', 10, 'USD', '{}')",
+                "loyalty.reserve_budget('{tenant}', '{budget}', 10, 'USD', '{}')",
                 Uuid::from_u128(n)
             )))
             .get_result(tx.conn())
@@ -243,10 +241,10 @@ async fn the_seeds_reserve_budget_no_longer_overspends() {
         granted += usize::from(task.await.unwrap());
     }
     assert_eq!(granted, 10);
-    common::assert_books_balance(&store, tenant).await;
+    crate::support::assert_books_balance(&store, tenant).await;
     let mut tx = store.tenant(tenant).await.unwrap();
     let capacity: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
-        "check_budget_capacity('{budget}', 0.01)"
+        "loyalty.check_budget_capacity('{budget}', 0.01)"
     )))
     .get_result(tx.conn())
     .await
@@ -282,7 +280,7 @@ async fn a_reference_booked_on_one_budget_is_not_a_replay_on_another() {
     );
     let elsewhere = tx.budgets().top_up(second, money("5"), grant).await;
     assert!(
-        matches!(elsewhere, Err(Error::InvalidState { .. })),
+        matches!(elsewhere, Err(Error::Refused(Refusal::ReferenceReused))),
         "{elsewhere:?}"
     );
     assert_eq!(

@@ -1,10 +1,8 @@
 //! Rewards, campaigns and rules.
 
-mod common;
-
+use crate::support::{invalid_field, two_tenants};
 use bigdecimal::BigDecimal;
 use chrono::{Duration, Utc};
-use common::{invalid_field, two_tenants};
 use diesel_async::SimpleAsyncConnection;
 use loyalty_store::prelude::*;
 use loyalty_store::repo::budgets::{BudgetRepository, NewBudget};

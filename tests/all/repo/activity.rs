@@ -1,9 +1,7 @@
 //! Events, WhatsApp sessions and audit logs.
 
-mod common;
-
+use crate::support::{invalid_field, two_tenants};
 use chrono::{DateTime, Duration, Utc};
-use common::{invalid_field, two_tenants};
 use loyalty_store::Cursor;
 use loyalty_store::prelude::*;
 use loyalty_store::testing::TestDb;

@@ -1,9 +1,7 @@
 //! Staff users, customers and consents.
 
-mod common;
-
+use crate::support::{invalid_field, two_tenants};
 use chrono::{Duration, Utc};
-use common::{invalid_field, two_tenants};
 use loyalty_store::prelude::*;
 use loyalty_store::repo::staff_users::StaffStatus;
 use loyalty_store::testing::TestDb;

@@ -1,0 +1,86 @@
+-- What a single issuance does inside COMMIT. The budget row is shared by
+-- every issuance of a campaign, and a limited rule's counter by every
+-- issuance of the rule; locked inside issue_reward, either row would stay
+-- locked while the answer travels to the client and COMMIT travels back, and
+-- concurrent issuances would queue behind that round trip. A deferred
+-- constraint trigger on the issuance's reserve entry takes both locks inside
+-- COMMIT instead: first the rule's count (rules before budgets is the order
+-- every path takes), then the budget's reservation. Both still bind: COMMIT
+-- fails with limit_reached or budget_exhausted if either is used up by then.
+--
+-- A batch reserves its whole cost in one update and marks its entries with
+-- its batch_id, which is how this trigger knows to skip them: the signal is
+-- on the batch's own rows, not in a setting another statement could set.
+CREATE FUNCTION loyalty.settle_issuance_at_commit() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    limited_rule uuid;
+BEGIN
+    -- Issuances hold the rule's lock shared until commit, so a limit cannot
+    -- be added between this read and the update.
+    SELECT ru.id INTO limited_rule
+      FROM issuances i
+      JOIN rules ru ON ru.tenant_id = i.tenant_id AND ru.id = i.rule_id
+     WHERE i.tenant_id = NEW.tenant_id AND i.id = NEW.ref_id AND ru.global_limit IS NOT NULL;
+    IF limited_rule IS NOT NULL THEN
+        UPDATE rules SET issued_count = issued_count + 1
+         WHERE tenant_id = NEW.tenant_id AND id = limited_rule
+           AND global_limit IS NOT NULL AND issued_count < global_limit;
+        IF NOT FOUND AND EXISTS (SELECT 1 FROM rules
+                                  WHERE tenant_id = NEW.tenant_id AND id = limited_rule
+                                    AND global_limit IS NOT NULL) THEN
+            PERFORM loyalty.refuse('limit_reached',
+                format('rule %s reached its global limit', limited_rule), '{"scope": "global"}');
+        END IF;
+    END IF;
+    UPDATE budgets SET reserved = reserved + NEW.amount
+     WHERE tenant_id = NEW.tenant_id AND id = NEW.budget_id
+       AND reserved + spent + NEW.amount <= hard_cap;
+    IF NOT FOUND THEN
+        PERFORM loyalty.refuse('budget_exhausted', format('budget %s is exhausted', NEW.budget_id));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE CONSTRAINT TRIGGER ledger_entries_settle_at_commit
+    AFTER INSERT ON ledger_entries
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW
+    WHEN (NEW.entry_type = 'reserve' AND NEW.ref_type = 'issuance' AND NEW.batch_id IS NULL)
+    EXECUTE FUNCTION loyalty.settle_issuance_at_commit();
+
+-- Applies this transaction's pending commit-time work now. Anything that
+-- moves reserved money down (redeem, release, cancel, expire) calls it first,
+-- so an issuance can be settled in the transaction that issued it.
+CREATE FUNCTION loyalty.settle_pending_reservations() RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    SET CONSTRAINTS ledger_entries_settle_at_commit IMMEDIATE;
+    SET CONSTRAINTS ledger_entries_settle_at_commit DEFERRED;
+END
+$$;
+
+-- A limit added to a rule starts from what the rule has issued so far, its
+-- own transaction's pending issuances included: they are settled first,
+-- while the rule has no limit, so none is counted twice.
+CREATE FUNCTION loyalty.recount_rule_issuances() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    -- Wait for issuances in flight, which read the rule before this change.
+    PERFORM pg_advisory_xact_lock(loyalty.rule_lock(NEW.id));
+    PERFORM loyalty.settle_pending_reservations();
+    NEW.issued_count := (SELECT count(*) FROM issuances
+                          WHERE tenant_id = NEW.tenant_id AND rule_id = NEW.id
+                            AND status <> 'cancelled');
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER rules_recount_on_new_limit
+    BEFORE UPDATE OF global_limit ON rules
+    FOR EACH ROW WHEN (OLD.global_limit IS NULL AND NEW.global_limit IS NOT NULL)
+    EXECUTE FUNCTION loyalty.recount_rule_issuances();

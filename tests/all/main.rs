@@ -1,0 +1,13 @@
+//! The integration tests: one binary, so every test shares one throwaway
+//! PostgreSQL server (each test still gets a database of its own).
+
+mod analytics;
+mod demo;
+mod guard;
+mod isolation;
+mod migrations;
+mod money;
+mod ops;
+mod platform;
+mod repo;
+mod support;

@@ -1,0 +1,5 @@
+//! The repositories outside the money path.
+
+mod activity;
+mod campaigns;
+mod people;

@@ -1,0 +1,120 @@
+//! Helpers the tests share. The campaign itself comes from
+//! [`loyalty_store::testing::CampaignFixture`].
+
+use bigdecimal::BigDecimal;
+use diesel_async::RunQueryDsl;
+use loyalty_store::prelude::*;
+use loyalty_store::repo::budgets::Budget;
+use loyalty_store::testing::CampaignFixture;
+
+pub async fn customers(store: &Store, tenant: TenantId, n: usize) -> Vec<CustomerId> {
+    let mut tx = store.tenant(tenant).await.unwrap();
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        ids.push(
+            tx.customers()
+                .create(NewCustomer::new(format!("+1555{i:07}")))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    tx.commit().await.unwrap();
+    ids
+}
+
+pub async fn import_codes(store: &Store, p: &CampaignFixture, n: usize) {
+    let codes: Vec<String> = (0..n).map(|i| format!("CODE-{i:06}")).collect();
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    tx.voucher_codes().import(p.reward, &codes).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+pub fn issue_to(p: &CampaignFixture, customer: CustomerId, key: &str) -> NewIssuance {
+    NewIssuance {
+        rule_id: p.rule,
+        customer_id: customer,
+        idempotency_key: key.into(),
+        expires_at: None,
+    }
+}
+
+/// Issues in a guard of its own, as a service would.
+pub async fn issue(
+    store: &Store,
+    p: &CampaignFixture,
+    customer: CustomerId,
+    key: &str,
+) -> Result<loyalty_store::repo::issuances::Issued> {
+    let mut tx = store.tenant(p.tenant).await?;
+    let issued = tx.issuances().issue(issue_to(p, customer, key)).await?;
+    tx.commit().await?;
+    Ok(issued)
+}
+
+pub async fn budget(store: &Store, p: &CampaignFixture) -> Budget {
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    tx.budgets().get(p.budget).await.unwrap()
+}
+
+/// The ledger agrees with every budget, and no budget is over its cap.
+pub async fn assert_books_balance(store: &Store, tenant: TenantId) {
+    let mut tx = store.tenant(tenant).await.unwrap();
+    let mismatches = tx.budgets().verify_ledger().await.unwrap();
+    assert!(mismatches.is_empty(), "ledger disagrees: {mismatches:?}");
+    tx.commit().await.unwrap();
+}
+
+/// Two tenants, for tests that show one cannot touch the other's rows.
+pub async fn two_tenants(store: &Store) -> (TenantId, TenantId) {
+    let usd: Currency = "USD".parse().unwrap();
+    let a = store
+        .platform()
+        .create(NewTenant::new("A", usd))
+        .await
+        .unwrap()
+        .id;
+    let b = store
+        .platform()
+        .create(NewTenant::new("B", usd))
+        .await
+        .unwrap()
+        .id;
+    (a, b)
+}
+
+/// The field an `InvalidInput` error names, or a panic saying what came instead.
+pub fn invalid_field<T: std::fmt::Debug>(outcome: Result<T>) -> &'static str {
+    match outcome {
+        Err(Error::InvalidInput { field, .. }) => field,
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+}
+
+pub fn money(text: &str) -> BigDecimal {
+    text.parse().unwrap()
+}
+
+/// Waits until `count` backends wait for a lock of `locktype` (`advisory`,
+/// or `transactionid` for a row another transaction holds).
+pub async fn wait_for_lock_waiters(store: &Store, locktype: &str, count: i64) {
+    #[derive(diesel::QueryableByName)]
+    struct Waiting {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut watcher = store.raw_connection().await.unwrap();
+    loop {
+        let waiting: Waiting = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_locks WHERE locktype = $1 AND NOT granted",
+        )
+        .bind::<diesel::sql_types::Text, _>(locktype)
+        .get_result(&mut *watcher)
+        .await
+        .unwrap();
+        if waiting.n >= count {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
