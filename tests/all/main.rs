@@ -10,4 +10,5 @@ mod money;
 mod ops;
 mod platform;
 mod repo;
+mod sql_layer;
 mod support;

@@ -40,7 +40,7 @@ async fn four_instances_migrating_at_once_apply_each_migration_once() {
     );
 }
 
-fn schema_dump(url: &str) -> String {
+pub fn schema_dump(url: &str) -> String {
     let out = Command::new(pg_tool("pg_dump"))
         .args(["--schema-only", "--no-owner", url])
         .output()
@@ -60,7 +60,7 @@ fn schema_dump(url: &str) -> String {
 }
 
 #[track_caller]
-fn assert_same_schema(actual: &str, expected: &str, what: &str) {
+pub fn assert_same_schema(actual: &str, expected: &str, what: &str) {
     if actual != expected {
         let only_in = |a: &str, b: &str| {
             a.lines()
@@ -114,6 +114,32 @@ async fn every_down_migration_reverts_its_up_migration_exactly() {
             states.last().unwrap(),
             "applying all again",
         );
+    })
+    .await
+    .unwrap();
+}
+
+/// The layer stands on the migrations: reverting them all after a full
+/// `migrate()` takes the layer too, and leaves the database as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn reverting_every_migration_after_migrate_leaves_nothing() {
+    let db = TestDb::empty().await;
+    let url = db.url().to_owned();
+    let empty = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url).unwrap();
+            conn.applied_migrations().unwrap();
+            schema_dump(&url)
+        }
+    })
+    .await
+    .unwrap();
+    db.store().migrate().await.unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url).unwrap();
+        conn.revert_all_migrations(MIGRATIONS).unwrap();
+        assert_same_schema(&schema_dump(&url), &empty, "reverting everything");
     })
     .await
     .unwrap();
