@@ -26,7 +26,7 @@ use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use futures_util::pin_mut;
 use loyalty_store::prelude::*;
 use loyalty_store::schema::customers;
-use loyalty_store::testing::{TestDb, pg_tool};
+use loyalty_store::testing::{CampaignFixture, TestDb, pg_tool};
 use serde_json::json;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
@@ -46,49 +46,15 @@ struct Setup {
 }
 
 async fn setup(store: &Store) -> Setup {
-    let usd: Currency = "USD".parse().unwrap();
-    let tenant = store
-        .platform()
-        .create(NewTenant::new("Bench", usd))
+    let shop = CampaignFixture::builder()
+        .hard_cap(10_i64.pow(12))
+        .cost(1)
+        .create(store)
         .await
-        .unwrap()
-        .id;
-    let mut tx = store.tenant(tenant).await.unwrap();
-    let budget = tx
-        .budgets()
-        .create(NewBudget {
-            name: "Shared".into(),
-            currency: usd,
-            hard_cap: BigDecimal::from(10_i64.pow(12)),
-        })
-        .await
-        .unwrap()
-        .id;
-    let reward = tx
-        .rewards()
-        .create(NewReward {
-            name: "Coffee".into(),
-            description: None,
-            reward_type: RewardType::Voucher,
-            cost_amount: BigDecimal::from(1),
-            currency: usd,
-            uses_codes: false,
-        })
-        .await
-        .unwrap()
-        .id;
-    let campaign = tx
-        .campaigns()
-        .create(NewCampaign {
-            budget_id: Some(budget),
-            status: CampaignStatus::Active,
-            ..NewCampaign::draft("Bench")
-        })
-        .await
-        .unwrap()
-        .id;
+        .unwrap();
+    let (tenant, rule) = (shop.tenant, shop.rule);
     let new_rule = |reward_id, per_customer_limit| NewRule {
-        campaign_id: campaign,
+        campaign_id: shop.campaign,
         name: "Any purchase".into(),
         event_type: "purchase".into(),
         conditions: json!({}),
@@ -96,7 +62,7 @@ async fn setup(store: &Store) -> Setup {
         per_customer_limit,
         global_limit: None,
     };
-    let rule = tx.rules().create(new_rule(reward, None)).await.unwrap().id;
+    let mut tx = store.tenant(tenant).await.unwrap();
     // Ids pgbench can compute: md5(n)::uuid.
     tx.conn()
         .batch_execute(&format!(

@@ -4,33 +4,23 @@ use crate::support::money;
 use diesel_async::SimpleAsyncConnection;
 use loyalty_store::prelude::*;
 use loyalty_store::repo::budgets::EntryType;
-use loyalty_store::testing::TestDb;
+use loyalty_store::testing::{CampaignFixture, TestDb};
 use uuid::Uuid;
 
+/// A tenant with one budget of 100 USD, nothing reserved.
 async fn shop(store: &Store) -> (TenantId, BudgetId) {
-    let usd: Currency = "USD".parse().unwrap();
-    let tenant = store
-        .platform()
-        .create(NewTenant::new("Shop", usd))
-        .await
-        .unwrap()
-        .id;
-    let mut tx = store.tenant(tenant).await.unwrap();
-    let budget = tx
-        .budgets()
-        .create(NewBudget {
-            name: "Main".into(),
-            currency: usd,
-            hard_cap: money("100"),
-        })
+    let shop = CampaignFixture::builder()
+        .hard_cap(100)
+        .create(store)
         .await
         .unwrap();
+    let mut tx = store.tenant(shop.tenant).await.unwrap();
+    let budget = tx.budgets().get(shop.budget).await.unwrap();
     assert_eq!(
         (budget.hard_cap.clone(), budget.available()),
         (money("100"), money("100"))
     );
-    tx.commit().await.unwrap();
-    (tenant, budget.id)
+    (shop.tenant, shop.budget)
 }
 
 #[tokio::test]
