@@ -5,20 +5,20 @@ use loyalty_store::prelude::*;
 use loyalty_store::repo::issuances::{BatchIssuance, BatchOutcome};
 use loyalty_store::testing::{CampaignFixture, TestDb};
 
-use crate::support::{assert_books_balance, budget, customers, import_codes, issue, money};
+use crate::support::{assert_books_balance, budget, import_codes, issue, money};
 
 #[tokio::test]
 async fn batch_issues_everything_or_nothing() {
     let db = TestDb::new().await;
     let store = db.store();
     let p = CampaignFixture::builder()
-        .uses_codes()
         .per_customer_limit(1)
+        .voucher_codes(10)
+        .customers(6)
         .create(store)
         .await
         .unwrap();
-    import_codes(store, &p, 10).await;
-    let people = customers(store, p.tenant, 6).await;
+    let people = p.customers.clone();
     issue(store, &p, people[0], "single").await.unwrap();
 
     // people[0] already has one: the whole batch is held.
@@ -132,13 +132,13 @@ async fn batch_judges_alike_under_generic_plans() {
     let db = TestDb::new().await;
     let store = db.store();
     let p = CampaignFixture::builder()
-        .uses_codes()
         .per_customer_limit(2)
+        .voucher_codes(10)
+        .customers(3)
         .create(store)
         .await
         .unwrap();
-    import_codes(store, &p, 10).await;
-    let people = customers(store, p.tenant, 3).await;
+    let people = p.customers.clone();
     let (ada, bo, cy) = (people[0], people[1], people[2]);
     let mut tx = store.tenant(p.tenant).await.unwrap();
     tx.conn()
@@ -228,11 +228,12 @@ async fn batch_wide_refusals_leave_nothing_behind() {
     let p = CampaignFixture::builder()
         .hard_cap(10)
         .uses_codes()
+        .voucher_codes(3)
+        .customers(5)
         .create(store)
         .await
         .unwrap();
-    import_codes(store, &p, 3).await;
-    let people = customers(store, p.tenant, 5).await;
+    let people = p.customers.clone();
     let mut tx = store.tenant(p.tenant).await.unwrap();
     let outcome = tx
         .issuances()

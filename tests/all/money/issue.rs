@@ -18,12 +18,12 @@ async fn issue_reserves_budget_claims_a_code_and_replays_by_key() {
     let db = TestDb::new().await;
     let store = db.store();
     let p = CampaignFixture::builder()
-        .uses_codes()
+        .voucher_codes(3)
+        .customers(1)
         .create(store)
         .await
         .unwrap();
-    import_codes(store, &p, 3).await;
-    let ada = customers(store, p.tenant, 1).await[0];
+    let ada = p.customers[0];
     let first = issue(store, &p, ada, "order-1").await.unwrap();
     assert!(!first.replayed);
     assert_eq!(first.issuance.status, IssuanceStatus::Issued);
@@ -71,11 +71,12 @@ async fn each_refusal_is_typed_and_writes_nothing() {
         .hard_cap(5)
         .per_customer_limit(1)
         .uses_codes()
+        .voucher_codes(1)
+        .customers(3)
         .create(store)
         .await
         .unwrap();
-    import_codes(store, &p, 1).await;
-    let people = customers(store, p.tenant, 3).await;
+    let people = p.customers.clone();
     issue(store, &p, people[0], "k0").await.unwrap();
     let refused = |outcome: Result<Issued>| outcome.expect_err("should be refused");
     assert!(matches!(
@@ -176,10 +177,11 @@ async fn a_refusal_ends_the_guards_transaction_with_nothing_written() {
     let store = db.store();
     let p = CampaignFixture::builder()
         .hard_cap(1)
+        .customers(1)
         .create(store)
         .await
         .unwrap();
-    let ada = customers(store, p.tenant, 1).await[0];
+    let ada = p.customers[0];
     let mut tx = store.tenant(p.tenant).await.unwrap();
     tx.customers()
         .create(NewCustomer::new("+15559999999"))
@@ -204,8 +206,12 @@ async fn a_refusal_ends_the_guards_transaction_with_nothing_written() {
 async fn another_tenant_cannot_issue_redeem_or_see_issuances() {
     let db = TestDb::new().await;
     let store = db.store();
-    let p = CampaignFixture::builder().create(store).await.unwrap();
-    let ada = customers(store, p.tenant, 1).await[0];
+    let p = CampaignFixture::builder()
+        .customers(1)
+        .create(store)
+        .await
+        .unwrap();
+    let ada = p.customers[0];
     let issued = issue(store, &p, ada, "k").await.unwrap();
     let other = store
         .platform()
@@ -245,8 +251,12 @@ async fn another_tenant_cannot_issue_redeem_or_see_issuances() {
 async fn a_global_limit_added_later_counts_what_was_issued() {
     let db = TestDb::new().await;
     let store = db.store();
-    let p = CampaignFixture::builder().create(store).await.unwrap();
-    let people = customers(store, p.tenant, 5).await;
+    let p = CampaignFixture::builder()
+        .customers(5)
+        .create(store)
+        .await
+        .unwrap();
+    let people = p.customers.clone();
     for (n, c) in people.iter().take(3).enumerate() {
         issue(store, &p, *c, &format!("k{n}")).await.unwrap();
     }
@@ -276,12 +286,12 @@ async fn a_key_reused_for_another_customer_is_a_conflict_not_a_replay() {
     let db = TestDb::new().await;
     let store = db.store();
     let p = CampaignFixture::builder()
-        .uses_codes()
+        .voucher_codes(5)
+        .customers(3)
         .create(store)
         .await
         .unwrap();
-    import_codes(store, &p, 5).await;
-    let people = customers(store, p.tenant, 3).await;
+    let people = p.customers.clone();
     issue(store, &p, people[0], "order-7").await.unwrap();
     let reused = issue(store, &p, people[1], "order-7").await;
     assert!(
@@ -306,8 +316,12 @@ async fn a_key_reused_for_another_customer_is_a_conflict_not_a_replay() {
 async fn issuance_reservations_cannot_be_settled_through_the_budget_api() {
     let db = TestDb::new().await;
     let store = db.store();
-    let p = CampaignFixture::builder().create(store).await.unwrap();
-    let ada = customers(store, p.tenant, 1).await[0];
+    let p = CampaignFixture::builder()
+        .customers(1)
+        .create(store)
+        .await
+        .unwrap();
+    let ada = p.customers[0];
     let issued = issue(store, &p, ada, "k").await.unwrap();
     let reference = loyalty_store::repo::budgets::LedgerRef::new("issuance", issued.issuance.id);
     let mut tx = store.tenant(p.tenant).await.unwrap();
@@ -349,10 +363,11 @@ async fn a_reservation_that_no_longer_fits_is_refused_at_commit() {
     let store = db.store();
     let p = CampaignFixture::builder()
         .hard_cap(5)
+        .customers(3)
         .create(store)
         .await
         .unwrap();
-    let people = customers(store, p.tenant, 3).await;
+    let people = p.customers.clone();
     issue(store, &p, people[0], "first").await.unwrap(); // 2.50 of 5 reserved
     // Both fit when issued; only one of them fits when they commit.
     let (kept, lost, late) = issue_in_two_guards(store, &p, people[1], people[2]).await;
@@ -377,10 +392,11 @@ async fn a_global_limit_used_up_before_commit_is_refused_at_commit() {
     let store = db.store();
     let p = CampaignFixture::builder()
         .global_limit(2)
+        .customers(4)
         .create(store)
         .await
         .unwrap();
-    let people = customers(store, p.tenant, 4).await;
+    let people = p.customers.clone();
     issue(store, &p, people[0], "first").await.unwrap();
     // Both fit when issued; only one of them fits when they commit.
     let (_, lost, late) = issue_in_two_guards(store, &p, people[1], people[2]).await;
@@ -413,8 +429,12 @@ async fn a_global_limit_used_up_before_commit_is_refused_at_commit() {
 async fn a_global_limit_added_after_an_issuance_in_the_same_transaction_counts_it_once() {
     let db = TestDb::new().await;
     let store = db.store();
-    let p = CampaignFixture::builder().create(store).await.unwrap();
-    let people = customers(store, p.tenant, 3).await;
+    let p = CampaignFixture::builder()
+        .customers(3)
+        .create(store)
+        .await
+        .unwrap();
+    let people = p.customers.clone();
     let mut tx = store.tenant(p.tenant).await.unwrap();
     tx.issuances()
         .issue(issue_to(&p, people[0], "before-the-limit"))

@@ -7,23 +7,20 @@ use loyalty_store::prelude::*;
 use loyalty_store::repo::voucher_codes::{StatusCounts, VoucherStatus};
 use loyalty_store::testing::{CampaignFixture, TestDb};
 
-use crate::support::{
-    assert_books_balance, budget, customers, import_codes, issue, issue_to, money,
-    wait_for_lock_waiters,
-};
+use crate::support::{assert_books_balance, budget, issue, issue_to, money, wait_for_lock_waiters};
 
 #[tokio::test]
 async fn redeem_commits_and_cancel_releases() {
     let db = TestDb::new().await;
     let store = db.store();
     let p = CampaignFixture::builder()
-        .uses_codes()
         .per_customer_limit(1)
+        .voucher_codes(2)
+        .customers(2)
         .create(store)
         .await
         .unwrap();
-    import_codes(store, &p, 2).await;
-    let people = customers(store, p.tenant, 2).await;
+    let people = p.customers.clone();
     let kept = issue(store, &p, people[0], "a").await.unwrap();
     let dropped = issue(store, &p, people[1], "b").await.unwrap();
     let mut tx = store.tenant(p.tenant).await.unwrap();
@@ -100,12 +97,12 @@ async fn cancelling_after_delivery_retires_the_code() {
     let db = TestDb::new().await;
     let store = db.store();
     let p = CampaignFixture::builder()
-        .uses_codes()
+        .voucher_codes(1)
+        .customers(1)
         .create(store)
         .await
         .unwrap();
-    import_codes(store, &p, 1).await;
-    let ada = customers(store, p.tenant, 1).await[0];
+    let ada = p.customers[0];
     let issued = issue(store, &p, ada, "a").await.unwrap();
     let mut tx = store.tenant(p.tenant).await.unwrap();
     tx.voucher_codes()
@@ -132,8 +129,12 @@ async fn cancelling_after_delivery_retires_the_code() {
 async fn expire_due_releases_in_batches() {
     let db = TestDb::new().await;
     let store = db.store();
-    let p = CampaignFixture::builder().create(store).await.unwrap();
-    let people = customers(store, p.tenant, 5).await;
+    let p = CampaignFixture::builder()
+        .customers(5)
+        .create(store)
+        .await
+        .unwrap();
+    let people = p.customers.clone();
     let soon = Utc::now() + Duration::minutes(5);
     let mut tx = store.tenant(p.tenant).await.unwrap();
     for (n, c) in people.iter().enumerate() {
@@ -183,8 +184,12 @@ async fn expire_due_releases_in_batches() {
 async fn redeeming_after_expiry_is_refused_even_before_the_sweep() {
     let db = TestDb::new().await;
     let store = db.store();
-    let p = CampaignFixture::builder().create(store).await.unwrap();
-    let ada = customers(store, p.tenant, 1).await[0];
+    let p = CampaignFixture::builder()
+        .customers(1)
+        .create(store)
+        .await
+        .unwrap();
+    let ada = p.customers[0];
     let issued = issue(store, &p, ada, "k").await.unwrap();
     let mut conn = store.raw_connection().await.unwrap();
     conn.batch_execute(&format!(
@@ -206,8 +211,12 @@ async fn redeeming_after_expiry_is_refused_even_before_the_sweep() {
 async fn customer_history_pages_by_keyset() {
     let db = TestDb::new().await;
     let store = db.store();
-    let p = CampaignFixture::builder().create(store).await.unwrap();
-    let ada = customers(store, p.tenant, 1).await[0];
+    let p = CampaignFixture::builder()
+        .customers(1)
+        .create(store)
+        .await
+        .unwrap();
+    let ada = p.customers[0];
     for n in 0..5 {
         issue(store, &p, ada, &format!("k{n}")).await.unwrap();
     }
@@ -245,12 +254,12 @@ async fn expiry_retires_codes_instead_of_recycling_them() {
     let db = TestDb::new().await;
     let store = db.store();
     let p = CampaignFixture::builder()
-        .uses_codes()
+        .voucher_codes(1)
+        .customers(1)
         .create(store)
         .await
         .unwrap();
-    import_codes(store, &p, 1).await;
-    let ada = customers(store, p.tenant, 1).await[0];
+    let ada = p.customers[0];
     let mut tx = store.tenant(p.tenant).await.unwrap();
     let soon = Utc::now() + Duration::minutes(1);
     tx.issuances()
@@ -286,12 +295,12 @@ async fn a_cancel_racing_the_codes_delivery_keeps_the_code_on_the_issuance() {
     let db = TestDb::new().await;
     let store = db.store();
     let p = CampaignFixture::builder()
-        .uses_codes()
+        .voucher_codes(1)
+        .customers(1)
         .create(store)
         .await
         .unwrap();
-    import_codes(store, &p, 1).await;
-    let ada = customers(store, p.tenant, 1).await[0];
+    let ada = p.customers[0];
     let issued = issue(store, &p, ada, "k").await.unwrap().issuance;
     let code = issued.voucher_code_id.unwrap();
     let mut delivering = store.tenant(p.tenant).await.unwrap();
@@ -320,8 +329,12 @@ async fn a_cancel_racing_the_codes_delivery_keeps_the_code_on_the_issuance() {
 async fn an_issuance_settled_in_its_own_transaction_is_reserved_first() {
     let db = TestDb::new().await;
     let store = db.store();
-    let p = CampaignFixture::builder().create(store).await.unwrap();
-    let people = customers(store, p.tenant, 2).await;
+    let p = CampaignFixture::builder()
+        .customers(2)
+        .create(store)
+        .await
+        .unwrap();
+    let people = p.customers.clone();
     let mut tx = store.tenant(p.tenant).await.unwrap();
     let redeemed = tx
         .issuances()
