@@ -15,7 +15,7 @@ use crate::prelude::*;
 ///
 /// let shop = CampaignFixture::builder()
 ///     .hard_cap(100)
-///     .cost("2.50".parse().unwrap())
+///     .cost(3)
 ///     .voucher_codes(10)
 ///     .per_customer_limit(1)
 ///     .customers(3)
