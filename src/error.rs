@@ -4,8 +4,9 @@
 use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind, Error as DieselError};
 use diesel_async::pooled_connection::PoolError;
 
+use crate::invalid::InvalidValue;
 use crate::refusal::Refusal;
-use crate::repo::voucher_codes::VoucherStatus;
+use crate::status::VoucherStatus;
 
 /// Everything a call into this crate can fail with.
 ///
@@ -155,6 +156,12 @@ impl From<DieselError> for Error {
             },
             other => Error::Database(other),
         }
+    }
+}
+
+impl From<InvalidValue> for Error {
+    fn from(InvalidValue { field, reason }: InvalidValue) -> Self {
+        Error::InvalidInput { field, reason }
     }
 }
 

@@ -10,9 +10,7 @@ use diesel::serialize::{Output, ToSql};
 use diesel::sql_types::Text;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
-
-type Result<T, E = Error> = std::result::Result<T, E>;
+use crate::invalid::InvalidValue;
 
 /// The active ISO 4217 codes, sorted. SQL's `is_iso4217()` holds the same
 /// list; the test `migrations::sql_and_rust_agree_on_currency_codes` checks
@@ -57,20 +55,23 @@ impl Currency {
 }
 
 impl FromStr for Currency {
-    type Err = Error;
+    type Err = InvalidValue;
 
-    fn from_str(code: &str) -> Result<Self> {
+    fn from_str(code: &str) -> Result<Self, InvalidValue> {
         ISO_4217
             .binary_search(&code)
             .map(|at| Currency(ISO_4217[at]))
-            .map_err(|_| Error::invalid("currency", format!("{code:?} is not an ISO 4217 code")))
+            .map_err(|_| InvalidValue {
+                field: "currency",
+                reason: format!("{code:?} is not an ISO 4217 code"),
+            })
     }
 }
 
 impl TryFrom<String> for Currency {
-    type Error = Error;
+    type Error = InvalidValue;
 
-    fn try_from(code: String) -> Result<Self> {
+    fn try_from(code: String) -> Result<Self, InvalidValue> {
         code.parse()
     }
 }
@@ -121,7 +122,7 @@ mod tests {
         for bad in ["", "US", "USDD", "usd", "XXX"] {
             assert!(matches!(
                 bad.parse::<Currency>(),
-                Err(Error::InvalidInput {
+                Err(InvalidValue {
                     field: "currency",
                     ..
                 })

@@ -12,8 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::money::Currency;
-use crate::repo::customers::CustomerStatus;
-use crate::repo::issuances::IssuanceStatus;
+use crate::status::{CustomerStatus, IssuanceStatus};
 
 /// Which limit of a rule was reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -34,12 +34,12 @@ macro_rules! text_enum {
         }
 
         impl std::str::FromStr for $name {
-            type Err = $crate::Error;
+            type Err = $crate::InvalidValue;
 
-            fn from_str(text: &str) -> $crate::Result<Self> {
+            fn from_str(text: &str) -> Result<Self, $crate::InvalidValue> {
                 match text {
                     $($text => Ok($name::$variant),)+
-                    other => Err($crate::Error::InvalidInput {
+                    other => Err($crate::InvalidValue {
                         field: stringify!($name),
                         reason: format!("unknown value {other:?}"),
                     }),

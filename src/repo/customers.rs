@@ -10,18 +10,9 @@ use crate::error::Result;
 use crate::ids::{CustomerId, TenantId};
 use crate::schema::customers;
 use crate::tenant::TenantConn;
-use crate::text_enum::text_enum;
 use crate::validate;
 
-text_enum! {
-    /// Whether a customer may earn rewards.
-    pub enum CustomerStatus {
-        Active => "active",
-        Blocked => "blocked",
-        /// Personal data removed on request; the row stays for the ledger's sake.
-        Erased => "erased",
-    }
-}
+pub use crate::status::CustomerStatus;
 
 /// A row of `customers`.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Serialize, Deserialize)]

@@ -40,24 +40,9 @@ use crate::page::KeysetPage;
 use crate::refusal::Refusal;
 use crate::schema::issuances;
 use crate::tenant::TenantConn;
-use crate::text_enum::text_enum;
 use crate::validate;
 
-text_enum! {
-    /// Where an issuance is in its life.
-    pub enum IssuanceStatus {
-        /// Held, not yet confirmed (not produced by this crate's `issue`).
-        Reserved => "reserved",
-        /// Given to the customer; its cost is reserved on the budget.
-        Issued => "issued",
-        /// Used by the customer; its cost is spent.
-        Redeemed => "redeemed",
-        /// Not used in time; its cost was released.
-        Expired => "expired",
-        /// Withdrawn; its cost was released and it no longer counts towards limits.
-        Cancelled => "cancelled",
-    }
-}
+pub use crate::status::IssuanceStatus;
 
 /// A row of `issuances`.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Serialize, Deserialize)]

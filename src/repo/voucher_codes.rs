@@ -12,21 +12,8 @@ use crate::ids::{IssuanceId, RewardId, TenantId, VoucherCodeId};
 use crate::refusal::Refusal;
 use crate::schema::voucher_codes;
 use crate::tenant::TenantConn;
-use crate::text_enum::text_enum;
 
-text_enum! {
-    /// Where a code is in its life.
-    pub enum VoucherStatus {
-        /// In the pool.
-        Available => "available",
-        /// Claimed for an issuance, not yet delivered to the customer.
-        Reserved => "reserved",
-        /// Delivered to the customer.
-        Issued => "issued",
-        /// Withdrawn; never handed out again.
-        Invalid => "invalid",
-    }
-}
+pub use crate::status::VoucherStatus;
 
 /// A row of `voucher_codes`.
 #[derive(
