@@ -2,8 +2,9 @@
 //! fingerprint of its text, and names the test harness's template database
 //! after everything `Store::migrate()` applies.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
 
 fn main() {
     println!("cargo:rerun-if-changed=migrations");
@@ -18,8 +19,8 @@ fn main() {
     let mut everything = migrations;
     everything.extend(layer.iter().cloned());
     println!(
-        "cargo:rustc-env=LOYALTY_MIGRATIONS_HASH={:016x}",
-        fingerprint(&everything)
+        "cargo:rustc-env=LOYALTY_MIGRATIONS_HASH={}",
+        &fingerprint(&everything)[..16]
     );
 
     let root = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
@@ -40,21 +41,32 @@ fn main() {
         "/// The SQL layer's files, in the order they are applied.\n\
          pub(crate) const SQL_LAYER: &[(&str, &str)] = &[\n{files}];\n\
          /// Changes whenever any file of the layer changes.\n\
-         pub(crate) const SQL_LAYER_FINGERPRINT: &str = \"{layer_hash:016x}\";\n"
+         pub(crate) const SQL_LAYER_FINGERPRINT: &str = \"{layer_hash}\";\n"
     );
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     std::fs::write(out.join("sql_layer.rs"), generated).expect("writing sql_layer.rs");
 }
 
-fn fingerprint(files: &[PathBuf]) -> u64 {
-    let mut hasher = DefaultHasher::new();
+/// SHA-256 over each file's path (with `/` separators) and bytes, as hex:
+/// the same files give the same fingerprint on any machine and toolchain.
+fn fingerprint(files: &[PathBuf]) -> String {
+    let mut hasher = Sha256::new();
     for file in files {
-        file.hash(&mut hasher);
-        std::fs::read(file)
-            .expect("readable SQL file")
-            .hash(&mut hasher);
+        let name: Vec<String> = file
+            .components()
+            .map(|part| part.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        let bytes = std::fs::read(file).expect("a readable file");
+        for part in [name.join("/").as_bytes(), &bytes] {
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
     }
-    hasher.finish()
+    hasher
+        .finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 /// Every file under `dir`, sorted by path.

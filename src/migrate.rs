@@ -8,8 +8,14 @@
 //! to a function is therefore a diff of that function. See
 //! `docs/sql-layout.md`.
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
 use diesel::connection::SimpleConnection;
-use diesel::sql_types::Bool;
+use diesel::migration::MigrationSource;
+use diesel::pg::Pg;
+use diesel::result::Error as DieselError;
+use diesel::sql_types::{Nullable, Text};
 use diesel::{Connection, QueryableByName, RunQueryDsl};
 use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
@@ -29,6 +35,15 @@ pub const SQL_LAYER_SCHEMA: &str = "loyalty";
 // Any fixed key works as long as every instance uses the same one.
 const MIGRATION_LOCK_KEY: i64 = 0x6c6f_7961_6c74_7931;
 
+/// Rebuilding the layer locks every table that has one of its triggers,
+/// reads included. Rather than queue behind a long transaction, with every
+/// new guard queued behind the rebuild, it gives up after this long and
+/// tries again, up to `LAYER_ATTEMPTS` times.
+const LAYER_LOCK_TIMEOUT: &str = "2s";
+const LAYER_ATTEMPTS: u32 = 5;
+
+const MARKER_PREFIX: &str = "loyalty-store SQL layer";
+
 type SyncConnection = AsyncConnectionWrapper<AsyncPgConnection>;
 
 impl Store {
@@ -40,6 +55,12 @@ impl Store {
     /// lets one migrate while the others wait, and those then find nothing
     /// left to do. The work runs on a dedicated connection, outside the pool
     /// and without its statement timeout.
+    ///
+    /// A database a newer release has migrated is left as it is, migrations
+    /// and layer alike, so an older instance restarting during a rolling
+    /// deploy does not undo the newer one's work. A database with migrations
+    /// this build has never heard of, older than its own (a pre-release
+    /// build's), is refused with [`Error::Migration`].
     pub async fn migrate(&self) -> Result<Vec<String>> {
         let url = self.config().database_url.clone();
         tokio::task::spawn_blocking(move || run_locked(&url))
@@ -54,67 +75,203 @@ fn run_locked(url: &str) -> Result<Vec<String>> {
     let mut conn = SyncConnection::establish(url)?;
     conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))?;
     let outcome = migrate_and_layer(&mut conn);
-    // Closing the connection would release the lock too; unlocking first lets
-    // the next waiter go without waiting for the disconnect.
-    conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))?;
+    // Unlocking lets the next waiter go without waiting for the disconnect,
+    // which releases the lock anyway; a failure here changes nothing.
+    if let Err(e) = conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
+    {
+        tracing::warn!(error = %e, "could not release the migration lock; closing releases it");
+    }
     outcome
 }
 
 fn migrate_and_layer(conn: &mut SyncConnection) -> Result<Vec<String>> {
+    let ours: BTreeSet<String> = MigrationSource::<Pg>::migrations(&MIGRATIONS)
+        .map_err(|e| Error::Migration(e.to_string()))?
+        .iter()
+        .map(|m| m.name().version().to_string())
+        .collect();
+    let unknown: Vec<String> = conn
+        .applied_migrations()
+        .map_err(|e| Error::Migration(e.to_string()))?
+        .iter()
+        .map(ToString::to_string)
+        .filter(|version| !ours.contains(version))
+        .collect();
+    let newest = ours.last().cloned().unwrap_or_default();
+    if !unknown.is_empty() {
+        if unknown.iter().all(|version| *version > newest) {
+            tracing::warn!(
+                ?unknown,
+                "the database was migrated by a newer loyalty-store; leaving it as it is"
+            );
+            return Ok(Vec::new());
+        }
+        return Err(Error::Migration(format!(
+            "the database has migrations this build does not know ({}), older than its \
+             newest ({newest}): another build of loyalty-store, such as a pre-0.1.0 one, \
+             migrated it; migrate a new database",
+            unknown.join(", ")
+        )));
+    }
     let applied: Vec<String> = conn
         .run_pending_migrations(MIGRATIONS)
-        .map(|versions| versions.iter().map(ToString::to_string).collect())
-        .map_err(|e| Error::Migration(e.to_string()))?;
+        .map_err(|e| Error::Migration(e.to_string()))?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     // A migration may have dropped and recreated a table, and its triggers
     // with it, so the layer is rebuilt after any migration.
-    if !applied.is_empty() || !layer_is_current(conn)? {
-        apply_layer(conn)?;
+    match layer_state(conn)? {
+        LayerState::Current if applied.is_empty() => {}
+        LayerState::Newer(marker) if applied.is_empty() => {
+            tracing::warn!(%marker, "the SQL layer was built by a newer loyalty-store; kept");
+        }
+        _ => apply_layer(conn)?,
     }
     Ok(applied)
 }
 
+enum LayerState {
+    Current,
+    Newer(String),
+    Stale,
+}
+
 #[derive(QueryableByName)]
-struct Current {
-    #[diesel(sql_type = Bool)]
-    current: bool,
+struct Marker {
+    #[diesel(sql_type = Nullable<Text>)]
+    marker: Option<String>,
 }
 
+/// What the schema's comment says built it: this crate's version and the
+/// layer's fingerprint.
 fn layer_marker() -> String {
-    format!("loyalty-store SQL layer {SQL_LAYER_FINGERPRINT}")
+    format!(
+        "{MARKER_PREFIX} {} {SQL_LAYER_FINGERPRINT}",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
-fn layer_is_current(conn: &mut SyncConnection) -> Result<bool> {
-    let row: Current = diesel::sql_query(
-        "SELECT EXISTS (SELECT 1 FROM pg_namespace \
-                         WHERE nspname = $1 AND obj_description(oid, 'pg_namespace') = $2) AS current",
+fn layer_state(conn: &mut SyncConnection) -> Result<LayerState> {
+    let Marker { marker } = diesel::sql_query(
+        "SELECT (SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace \
+                  WHERE nspname = $1) AS marker",
     )
-    .bind::<diesel::sql_types::Text, _>(SQL_LAYER_SCHEMA)
-    .bind::<diesel::sql_types::Text, _>(layer_marker())
+    .bind::<Text, _>(SQL_LAYER_SCHEMA)
     .get_result(conn)?;
-    Ok(row.current)
+    let Some(marker) = marker else {
+        return Ok(LayerState::Stale);
+    };
+    if marker == layer_marker() {
+        return Ok(LayerState::Current);
+    }
+    let built_by = marker
+        .strip_prefix(MARKER_PREFIX)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(release);
+    let ours = release(env!("CARGO_PKG_VERSION"));
+    Ok(match (built_by, ours) {
+        (Some(theirs), Some(ours)) if theirs > ours => LayerState::Newer(marker),
+        _ => LayerState::Stale,
+    })
+}
+
+/// `major.minor.patch` of a version, ignoring any pre-release or build suffix.
+fn release(version: &str) -> Option<(u64, u64, u64)> {
+    let core = version.split(['-', '+']).next()?;
+    let mut parts = core.split('.').map(|part| part.parse::<u64>().ok());
+    Some((parts.next()??, parts.next()??, parts.next()??))
+}
+
+fn apply_layer(conn: &mut SyncConnection) -> Result<()> {
+    let mut attempt = 1;
+    loop {
+        match rebuild_layer(conn) {
+            Err(e) if is_lock_timeout(&e) && attempt < LAYER_ATTEMPTS => {
+                tracing::warn!(
+                    attempt,
+                    "SQL layer rebuild waited too long for a table lock"
+                );
+                std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
+                attempt += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+fn is_lock_timeout(err: &Error) -> bool {
+    // SQLSTATE 55P03; diesel-async passes only the message on.
+    matches!(err, Error::Database(DieselError::DatabaseError(_, info))
+        if info.message().starts_with("canceling statement due to lock timeout"))
 }
 
 /// Drops the layer's schema with everything in it (its triggers on the
 /// tables go too) and builds it again from the embedded files, in one
 /// transaction: other sessions see the old layer or the new one, never a mix.
-fn apply_layer(conn: &mut SyncConnection) -> Result<()> {
+/// Anything outside the layer that depended on it, and would not depend on
+/// the new one, makes the rebuild fail rather than vanish with the old one.
+fn rebuild_layer(conn: &mut SyncConnection) -> Result<()> {
     let fresh_schema = format!(
-        "DROP SCHEMA IF EXISTS {SQL_LAYER_SCHEMA} CASCADE;\n\
+        "SET LOCAL lock_timeout = '{LAYER_LOCK_TIMEOUT}';\n\
+         DROP SCHEMA IF EXISTS {SQL_LAYER_SCHEMA} CASCADE;\n\
          CREATE SCHEMA {SQL_LAYER_SCHEMA};\n\
          GRANT USAGE ON SCHEMA {SQL_LAYER_SCHEMA} TO loyalty_app;"
     );
-    // The marker is built from a hex constant: nothing external in this SQL.
+    // The marker is built from constants: nothing external in this SQL.
     let marker = format!(
         "COMMENT ON SCHEMA {SQL_LAYER_SCHEMA} IS '{}'",
         layer_marker()
     );
     conn.transaction::<_, Error, _>(|conn| {
+        let before = dependents(conn)?;
         conn.batch_execute(&fresh_schema)?;
         for (name, text) in SQL_LAYER {
-            conn.batch_execute(text)
-                .map_err(|e| Error::Migration(format!("applying sql/{name}: {e}")))?;
+            conn.batch_execute(text).map_err(|e| {
+                let e = Error::from(e);
+                if is_lock_timeout(&e) {
+                    e
+                } else {
+                    Error::Migration(format!("applying sql/{name}: {e}"))
+                }
+            })?;
+        }
+        let lost: Vec<String> = before.difference(&dependents(conn)?).cloned().collect();
+        if !lost.is_empty() {
+            return Err(Error::Migration(format!(
+                "rebuilding the SQL layer would drop what depends on it from outside: {}",
+                lost.join("; ")
+            )));
         }
         conn.batch_execute(&marker)?;
         Ok(())
     })
+}
+
+#[derive(QueryableByName)]
+struct Dependent {
+    #[diesel(sql_type = Text)]
+    object: String,
+}
+
+/// Objects outside the layer's schema that depend on something inside it:
+/// the layer's triggers, and anything else that was built on it.
+fn dependents(conn: &mut SyncConnection) -> Result<BTreeSet<String>> {
+    let rows: Vec<Dependent> = diesel::sql_query(
+        "WITH layer AS (SELECT oid FROM pg_namespace WHERE nspname = $1), \
+              inside AS ( \
+                  SELECT 'pg_proc'::regclass AS class, oid FROM pg_proc \
+                   WHERE pronamespace = (SELECT oid FROM layer) \
+                  UNION ALL \
+                  SELECT 'pg_type'::regclass, oid FROM pg_type \
+                   WHERE typnamespace = (SELECT oid FROM layer)) \
+         SELECT DISTINCT pg_describe_object(d.classid, d.objid, d.objsubid) AS object \
+           FROM pg_depend d \
+          WHERE d.deptype = 'n' \
+            AND (d.refclassid, d.refobjid) IN (SELECT class, oid FROM inside) \
+            AND (d.classid, d.objid) NOT IN (SELECT class, oid FROM inside)",
+    )
+    .bind::<Text, _>(SQL_LAYER_SCHEMA)
+    .load(conn)?;
+    Ok(rows.into_iter().map(|row| row.object).collect())
 }

@@ -5,7 +5,7 @@ use diesel::QueryableByName;
 use diesel::sql_types::{Oid, Text};
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use loyalty_store::testing::TestDb;
-use loyalty_store::{Refusal, SQL_LAYER_SCHEMA};
+use loyalty_store::{Error, Refusal, SQL_LAYER_SCHEMA};
 
 use crate::migrations::{assert_same_schema, schema_dump};
 
@@ -107,12 +107,100 @@ async fn migrate_rebuilds_the_layer_only_when_its_text_changed() {
     assert_eq!(layer_oid(&db).await, before, "nothing changed: not rebuilt");
 
     // What a database built from other SQL files looks like.
-    let mut conn = db.store().raw_connection().await.unwrap();
-    conn.batch_execute("COMMENT ON SCHEMA loyalty IS 'loyalty-store SQL layer 0'")
-        .await
-        .unwrap();
-    drop(conn);
+    run_sql(&db, STALE).await;
     db.store().migrate().await.unwrap();
     assert_ne!(layer_oid(&db).await, before, "rebuilt");
     assert_same_schema(&schema_dump(db.url()), &dump, "the rebuilt layer");
+}
+
+async fn run_sql(db: &TestDb, sql: &str) {
+    let mut conn = db.store().raw_connection().await.unwrap();
+    conn.batch_execute(sql).await.unwrap();
+}
+
+const STALE: &str = "COMMENT ON SCHEMA loyalty IS 'loyalty-store SQL layer 0.0.1 0'";
+
+#[tokio::test]
+async fn a_layer_built_by_a_newer_release_is_kept() {
+    let db = TestDb::new().await;
+    let before = layer_oid(&db).await;
+    run_sql(
+        &db,
+        "COMMENT ON SCHEMA loyalty IS 'loyalty-store SQL layer 99.0.0 f00d'",
+    )
+    .await;
+    assert!(db.store().migrate().await.unwrap().is_empty());
+    assert_eq!(layer_oid(&db).await, before);
+}
+
+#[tokio::test]
+async fn a_rebuild_that_would_drop_something_built_on_the_layer_fails_and_keeps_it() {
+    let db = TestDb::new().await;
+    let before = layer_oid(&db).await;
+    run_sql(
+        &db,
+        "CREATE VIEW rule_locks AS SELECT loyalty.rule_lock(id) AS lock FROM rules",
+    )
+    .await;
+    run_sql(&db, STALE).await;
+    match db.store().migrate().await {
+        Err(Error::Migration(message)) => assert!(message.contains("rule_locks"), "{message}"),
+        other => panic!("expected a refused rebuild, got {other:?}"),
+    }
+    assert_eq!(layer_oid(&db).await, before, "the old layer stays");
+    run_sql(&db, "SELECT * FROM rule_locks").await;
+}
+
+#[tokio::test]
+async fn a_database_migrated_by_an_unknown_older_build_is_refused() {
+    let db = TestDb::new().await;
+    run_sql(
+        &db,
+        "INSERT INTO __diesel_schema_migrations (version) VALUES ('2026-11-22-000006')",
+    )
+    .await;
+    match db.store().migrate().await {
+        Err(Error::Migration(message)) => {
+            assert!(message.contains("2026-11-22-000006"), "{message}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_database_migrated_by_a_newer_release_is_left_alone() {
+    let db = TestDb::new().await;
+    let before = layer_oid(&db).await;
+    run_sql(
+        &db,
+        "INSERT INTO __diesel_schema_migrations (version) VALUES ('2099-01-01-000001')",
+    )
+    .await;
+    run_sql(&db, STALE).await;
+    assert!(db.store().migrate().await.unwrap().is_empty());
+    assert_eq!(layer_oid(&db).await, before, "not rebuilt");
+}
+
+/// The rebuild locks the tables its triggers are on; it gives up on a lock it
+/// cannot get quickly, rather than stall every guard behind it, and retries.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebuild_waiting_on_a_long_transaction_retries_until_it_gets_through() {
+    let db = TestDb::new().await;
+    let before = layer_oid(&db).await;
+    run_sql(&db, STALE).await;
+    let mut long = db.store().raw_connection().await.unwrap();
+    long.batch_execute("BEGIN; SELECT count(*) FROM budgets")
+        .await
+        .unwrap();
+    let store = db.store().clone();
+    let migrating = tokio::spawn(async move { store.migrate().await });
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(!migrating.is_finished(), "it waits for the lock");
+    long.batch_execute("COMMIT").await.unwrap();
+    migrating.await.unwrap().unwrap();
+    assert_ne!(
+        layer_oid(&db).await,
+        before,
+        "rebuilt once the lock was free"
+    );
 }
