@@ -194,6 +194,14 @@ mod tests {
     }
 
     #[test]
+    fn missing_rows_count_as_not_found() {
+        use crate::Error;
+        assert!(Error::NotFound.is_not_found());
+        assert!(Error::Refused(Refusal::RuleNotFound).is_not_found());
+        assert!(!Error::Refused(Refusal::BudgetExhausted).is_not_found());
+    }
+
+    #[test]
     fn unknown_reasons_and_other_details_are_not_refusals() {
         assert_eq!(Refusal::from_json(r#"{"refusal": "moon_phase"}"#), None);
         assert_eq!(Refusal::from_json("Key (id)=(1) already exists."), None);
