@@ -6,12 +6,12 @@ CREATE FUNCTION loyalty.assert_tenant_active() RETURNS void
 DECLARE
     tenant_status text;
 BEGIN
-    SELECT status INTO tenant_status FROM tenants WHERE id = current_tenant_id();
+    SELECT status INTO tenant_status FROM public.tenants WHERE id = public.current_tenant_id();
     IF NOT FOUND THEN
-        PERFORM loyalty.refuse('unknown_tenant', format('unknown tenant %s', current_tenant_id()));
+        PERFORM loyalty.refuse('unknown_tenant', format('unknown tenant %s', public.current_tenant_id()));
     ELSIF tenant_status <> 'active' THEN
         PERFORM loyalty.refuse('tenant_suspended',
-            format('tenant %s is %s', current_tenant_id(), tenant_status));
+            format('tenant %s is %s', public.current_tenant_id(), tenant_status));
     END IF;
 END
 $$;

@@ -8,8 +8,8 @@ CREATE FUNCTION loyalty.check_budget_capacity(p_budget_id uuid, p_amount numeric
     AS $$
     SELECT coalesce(
         (SELECT reserved + spent + p_amount <= hard_cap
-           FROM budgets
-          WHERE tenant_id = current_tenant_id() AND id = p_budget_id),
+           FROM public.budgets
+          WHERE tenant_id = public.current_tenant_id() AND id = p_budget_id),
         false)
 $$;
 
@@ -29,8 +29,8 @@ CREATE FUNCTION loyalty.move_budget(
     AS $$
 #variable_conflict use_column
 DECLARE
-    t uuid := current_tenant_id();
-    b budgets%ROWTYPE;
+    t uuid := public.current_tenant_id();
+    b public.budgets%ROWTYPE;
     booked numeric;
     booked_on uuid;
     refused jsonb;
@@ -50,13 +50,13 @@ BEGIN
             jsonb_build_object('argument', 'ref_type', 'reason', 'booked only by issuances'));
     END IF;
     PERFORM loyalty.settle_pending_reservations();
-    SELECT * INTO b FROM budgets WHERE tenant_id = t AND id = p_budget_id FOR NO KEY UPDATE;
+    SELECT * INTO b FROM public.budgets WHERE tenant_id = t AND id = p_budget_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RETURN QUERY SELECT loyalty.refusal_json('budget_not_found'), false,
                             NULL::numeric, NULL::numeric, NULL::numeric;
         RETURN;
     END IF;
-    SELECT amount, budget_id INTO booked, booked_on FROM ledger_entries
+    SELECT amount, budget_id INTO booked, booked_on FROM public.ledger_entries
      WHERE tenant_id = t AND entry_type = p_entry_type AND ref_type = p_ref_type AND ref_id = p_ref_id;
     IF FOUND THEN
         IF booked <> p_amount OR booked_on <> p_budget_id THEN
@@ -66,11 +66,11 @@ BEGIN
         RETURN;
     END IF;
     IF p_entry_type IN ('release', 'commit') THEN
-        IF NOT EXISTS (SELECT 1 FROM ledger_entries
+        IF NOT EXISTS (SELECT 1 FROM public.ledger_entries
                         WHERE tenant_id = t AND budget_id = p_budget_id AND entry_type = 'reserve'
                           AND ref_type = p_ref_type AND ref_id = p_ref_id AND amount = p_amount) THEN
             refused := loyalty.refusal_json('not_reserved');
-        ELSIF EXISTS (SELECT 1 FROM ledger_entries
+        ELSIF EXISTS (SELECT 1 FROM public.ledger_entries
                        WHERE tenant_id = t AND entry_type IN ('release', 'commit')
                          AND ref_type = p_ref_type AND ref_id = p_ref_id) THEN
             refused := loyalty.refusal_json('already_settled');
@@ -82,14 +82,14 @@ BEGIN
         RETURN QUERY SELECT refused, false, b.hard_cap, b.reserved, b.spent;
         RETURN;
     END IF;
-    UPDATE budgets SET
+    UPDATE public.budgets SET
         reserved = reserved + CASE p_entry_type WHEN 'reserve' THEN p_amount
                                                 WHEN 'topup' THEN 0 ELSE -p_amount END,
         spent = spent + CASE p_entry_type WHEN 'commit' THEN p_amount ELSE 0 END,
         hard_cap = hard_cap + CASE p_entry_type WHEN 'topup' THEN p_amount ELSE 0 END
     WHERE tenant_id = t AND id = p_budget_id
     RETURNING * INTO b;
-    INSERT INTO ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
+    INSERT INTO public.ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
     VALUES (t, p_budget_id, p_entry_type, p_amount, b.currency, p_ref_type, p_ref_id);
     RETURN QUERY SELECT NULL::jsonb, false, b.hard_cap, b.reserved, b.spent;
 END
@@ -108,8 +108,8 @@ CREATE FUNCTION loyalty.reserve_budget(
 ) RETURNS boolean
     LANGUAGE sql
     AS $$
-    SELECT p_tenant_id = current_tenant_id()
-       AND EXISTS (SELECT 1 FROM budgets WHERE id = p_budget_id AND currency = p_currency)
+    SELECT p_tenant_id = public.current_tenant_id()
+       AND EXISTS (SELECT 1 FROM public.budgets WHERE id = p_budget_id AND currency = p_currency)
        AND (SELECT refusal IS NULL
               FROM loyalty.move_budget(p_budget_id, 'reserve', p_amount, 'reserve_budget', p_ref_id))
 $$;

@@ -13,9 +13,9 @@ BEGIN
                        'cost_amount', i.cost_amount::text,
                        'voucher_code', v.code,
                        'replayed', p_replayed)
-              FROM issuances i
-              LEFT JOIN voucher_codes v ON v.tenant_id = i.tenant_id AND v.id = i.voucher_code_id
-             WHERE i.tenant_id = current_tenant_id() AND i.id = p_id);
+              FROM public.issuances i
+              LEFT JOIN public.voucher_codes v ON v.tenant_id = i.tenant_id AND v.id = i.voucher_code_id
+             WHERE i.tenant_id = public.current_tenant_id() AND i.id = p_id);
 END
 $$;
 
@@ -27,7 +27,7 @@ RETURNS TABLE (campaign_id uuid, reward_id uuid, budget_id uuid, cost_amount num
     LANGUAGE plpgsql STABLE
     AS $$
 DECLARE
-    t uuid := current_tenant_id();
+    t uuid := public.current_tenant_id();
     r record;
 BEGIN
     SELECT ru.campaign_id, ru.reward_id, ru.active AS rule_active, ru.per_customer_limit,
@@ -36,10 +36,10 @@ BEGIN
            rw.cost_amount, rw.currency, rw.uses_codes, rw.status AS reward_status,
            b.currency AS budget_currency
       INTO r
-      FROM rules ru
-      JOIN campaigns c ON c.tenant_id = ru.tenant_id AND c.id = ru.campaign_id
-      JOIN reward_catalog rw ON rw.tenant_id = ru.tenant_id AND rw.id = ru.reward_id
-      LEFT JOIN budgets b ON b.tenant_id = c.tenant_id AND b.id = c.budget_id
+      FROM public.rules ru
+      JOIN public.campaigns c ON c.tenant_id = ru.tenant_id AND c.id = ru.campaign_id
+      JOIN public.reward_catalog rw ON rw.tenant_id = ru.tenant_id AND rw.id = ru.reward_id
+      LEFT JOIN public.budgets b ON b.tenant_id = c.tenant_id AND b.id = c.budget_id
      WHERE ru.tenant_id = t AND ru.id = p_rule_id;
     IF NOT FOUND THEN
         PERFORM loyalty.refuse('rule_not_found', format('rule %s not found', p_rule_id));
@@ -86,8 +86,8 @@ RETURNS uuid
 DECLARE
     i record;
 BEGIN
-    SELECT id, rule_id, customer_id INTO i FROM issuances
-     WHERE tenant_id = current_tenant_id() AND idempotency_key = p_key;
+    SELECT id, rule_id, customer_id INTO i FROM public.issuances
+     WHERE tenant_id = public.current_tenant_id() AND idempotency_key = p_key;
     IF FOUND AND (i.rule_id <> p_rule_id OR i.customer_id <> p_customer_id) THEN
         PERFORM loyalty.refuse('idempotency_conflict',
             format('idempotency key %s was used for another rule or customer', p_key));
@@ -114,7 +114,7 @@ CREATE FUNCTION loyalty.issue_reward(
     AS $$
 #variable_conflict use_column
 DECLARE
-    t uuid := current_tenant_id();
+    t uuid := public.current_tenant_id();
     r record;
     prior uuid;
     code_id uuid;
@@ -129,7 +129,7 @@ BEGIN
     END IF;
     PERFORM pg_advisory_xact_lock_shared(loyalty.rule_lock(p_rule_id));
     SELECT * INTO r FROM loyalty.issuance_context(p_rule_id);
-    customer_status := (SELECT status FROM customers WHERE tenant_id = t AND id = p_customer_id);
+    customer_status := (SELECT status FROM public.customers WHERE tenant_id = t AND id = p_customer_id);
     IF customer_status IS NULL THEN
         PERFORM loyalty.refuse('customer_not_found', format('customer %s not found', p_customer_id));
     ELSIF customer_status <> 'active' THEN
@@ -137,13 +137,13 @@ BEGIN
             format('customer %s is %s', p_customer_id, customer_status),
             jsonb_build_object('status', customer_status));
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM budgets
+    IF NOT EXISTS (SELECT 1 FROM public.budgets
                     WHERE tenant_id = t AND id = r.budget_id
                       AND reserved + spent + r.cost_amount <= hard_cap) THEN
         refusal := 'budget_exhausted';
         refusal_message := format('budget %s is exhausted', r.budget_id);
     ELSIF r.global_limit IS NOT NULL
-          AND NOT EXISTS (SELECT 1 FROM rules
+          AND NOT EXISTS (SELECT 1 FROM public.rules
                            WHERE tenant_id = t AND id = p_rule_id AND issued_count < global_limit) THEN
         refusal := 'limit_reached';
         refusal_message := format('rule %s reached its global limit', p_rule_id);
@@ -165,7 +165,7 @@ BEGIN
         IF prior IS NOT NULL THEN
             RETURN loyalty.issuance_json(prior, true);
         END IF;
-        IF (SELECT count(*) FROM issuances
+        IF (SELECT count(*) FROM public.issuances
              WHERE tenant_id = t AND rule_id = p_rule_id AND customer_id = p_customer_id
                AND status <> 'cancelled') >= r.per_customer_limit THEN
             PERFORM loyalty.refuse('limit_reached',
@@ -174,9 +174,9 @@ BEGIN
         END IF;
     END IF;
     IF r.uses_codes THEN
-        UPDATE voucher_codes SET status = 'reserved', issuance_id = p_id
+        UPDATE public.voucher_codes SET status = 'reserved', issuance_id = p_id
          WHERE tenant_id = t
-           AND id = (SELECT id FROM voucher_codes
+           AND id = (SELECT id FROM public.voucher_codes
                       WHERE tenant_id = t AND reward_id = r.reward_id AND status = 'available'
                       LIMIT 1 FOR UPDATE SKIP LOCKED)
         RETURNING id INTO code_id;
@@ -185,7 +185,7 @@ BEGIN
                 format('no voucher codes left for reward %s', r.reward_id));
         END IF;
     END IF;
-    INSERT INTO issuances (tenant_id, id, campaign_id, rule_id, customer_id, reward_id, budget_id,
+    INSERT INTO public.issuances (tenant_id, id, campaign_id, rule_id, customer_id, reward_id, budget_id,
                            voucher_code_id, status, cost_amount, currency, idempotency_key, expires_at)
     VALUES (t, p_id, r.campaign_id, p_rule_id, p_customer_id, r.reward_id, r.budget_id,
             code_id, 'issued', r.cost_amount, r.currency, p_idempotency_key, p_expires_at)
@@ -193,13 +193,13 @@ BEGIN
     IF NOT FOUND THEN
         -- Same key from a concurrent call with another rule or customer: it won.
         IF code_id IS NOT NULL THEN
-            UPDATE voucher_codes SET status = 'available', issuance_id = NULL
+            UPDATE public.voucher_codes SET status = 'available', issuance_id = NULL
              WHERE tenant_id = t AND id = code_id;
         END IF;
         RETURN loyalty.issuance_json(
             loyalty.replayed_issuance(p_idempotency_key, p_rule_id, p_customer_id), true);
     END IF;
-    INSERT INTO ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
+    INSERT INTO public.ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
     VALUES (t, r.budget_id, 'reserve', r.cost_amount, r.currency, 'issuance', p_id);
     RETURN loyalty.issuance_json(p_id, false);
 END
@@ -229,7 +229,7 @@ CREATE FUNCTION loyalty.issue_reward_batch(
     AS $$
 #variable_conflict use_column
 DECLARE
-    t uuid := current_tenant_id();
+    t uuid := public.current_tenant_id();
     batch uuid := gen_random_uuid();
     r record;
     verdicts text[];
@@ -260,16 +260,16 @@ BEGIN
                AS x(customer_id, idempotency_key, n)
           LEFT JOIN LATERAL (
                    SELECT i.id, i.rule_id, i.customer_id, v.code
-                     FROM issuances i
-                     LEFT JOIN voucher_codes v ON v.tenant_id = t AND v.id = i.voucher_code_id
+                     FROM public.issuances i
+                     LEFT JOIN public.voucher_codes v ON v.tenant_id = t AND v.id = i.voucher_code_id
                     WHERE i.tenant_id = t AND i.idempotency_key = x.idempotency_key
                     LIMIT 1) known ON true
           LEFT JOIN LATERAL (
-                   SELECT status FROM customers
+                   SELECT status FROM public.customers
                     WHERE tenant_id = t AND id = x.customer_id
                     LIMIT 1) c ON true
           LEFT JOIN LATERAL (
-                   SELECT count(*) AS issued FROM issuances
+                   SELECT count(*) AS issued FROM public.issuances
                     WHERE r.per_customer_limit IS NOT NULL
                       AND tenant_id = t AND rule_id = p_rule_id AND customer_id = x.customer_id
                       AND status <> 'cancelled') prior ON true
@@ -303,7 +303,7 @@ BEGIN
     IF NOT refused AND wanted > 0 THEN
         IF r.uses_codes THEN
             SELECT array_agg(id ORDER BY id), array_agg(code ORDER BY id) INTO code_ids, codes
-              FROM (SELECT id, code FROM voucher_codes
+              FROM (SELECT id, code FROM public.voucher_codes
                      WHERE tenant_id = t AND reward_id = r.reward_id AND status = 'available'
                      LIMIT wanted
                        FOR UPDATE SKIP LOCKED) free;
@@ -325,11 +325,11 @@ BEGIN
                    AS x(customer_id, idempotency_key, id, verdict, n)
              WHERE x.verdict = 'issue'
         ), claimed AS (
-            UPDATE voucher_codes v SET status = 'reserved', issuance_id = fresh.id
+            UPDATE public.voucher_codes v SET status = 'reserved', issuance_id = fresh.id
               FROM fresh
              WHERE r.uses_codes AND v.tenant_id = t AND v.id = fresh.code_id
         ), added AS (
-            INSERT INTO issuances (tenant_id, id, campaign_id, rule_id, customer_id, reward_id, budget_id,
+            INSERT INTO public.issuances (tenant_id, id, campaign_id, rule_id, customer_id, reward_id, budget_id,
                                    voucher_code_id, status, cost_amount, currency, idempotency_key, expires_at)
             SELECT t, id, r.campaign_id, p_rule_id, customer_id, r.reward_id, r.budget_id,
                    code_id, 'issued', r.cost_amount, r.currency, idempotency_key, p_expires_at
@@ -338,7 +338,7 @@ BEGIN
             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
             RETURNING id
         ), booked AS (
-            INSERT INTO ledger_entries (tenant_id, budget_id, entry_type, amount, currency,
+            INSERT INTO public.ledger_entries (tenant_id, budget_id, entry_type, amount, currency,
                                         ref_type, ref_id, batch_id)
             SELECT t, r.budget_id, 'reserve', r.cost_amount, r.currency, 'issuance', id, batch
               FROM added
@@ -350,7 +350,7 @@ BEGIN
         END IF;
 
         IF r.global_limit IS NOT NULL THEN
-            UPDATE rules SET issued_count = issued_count + wanted
+            UPDATE public.rules SET issued_count = issued_count + wanted
              WHERE tenant_id = t AND id = p_rule_id AND issued_count + wanted <= global_limit;
             IF NOT FOUND THEN
                 PERFORM loyalty.refuse('limit_reached',
@@ -358,7 +358,7 @@ BEGIN
                     '{"scope": "global"}');
             END IF;
         END IF;
-        UPDATE budgets SET reserved = reserved + r.cost_amount * wanted
+        UPDATE public.budgets SET reserved = reserved + r.cost_amount * wanted
          WHERE tenant_id = t AND id = r.budget_id
            AND reserved + spent + r.cost_amount * wanted <= hard_cap;
         IF NOT FOUND THEN
@@ -388,11 +388,11 @@ CREATE FUNCTION loyalty.redeem_issuance(p_id uuid) RETURNS jsonb
     AS $$
 #variable_conflict use_column
 DECLARE
-    t uuid := current_tenant_id();
-    i issuances%ROWTYPE;
+    t uuid := public.current_tenant_id();
+    i public.issuances%ROWTYPE;
 BEGIN
     PERFORM loyalty.settle_pending_reservations();
-    SELECT * INTO i FROM issuances WHERE tenant_id = t AND id = p_id FOR UPDATE;
+    SELECT * INTO i FROM public.issuances WHERE tenant_id = t AND id = p_id FOR UPDATE;
     IF NOT FOUND THEN
         PERFORM loyalty.refuse('issuance_not_found', format('issuance %s not found', p_id));
     ELSIF i.status = 'redeemed' THEN
@@ -404,10 +404,10 @@ BEGIN
         PERFORM loyalty.refuse('issuance_expired',
             format('issuance %s expired at %s', p_id, i.expires_at));
     END IF;
-    UPDATE issuances SET status = 'redeemed', redeemed_at = now() WHERE tenant_id = t AND id = p_id;
-    UPDATE budgets SET reserved = reserved - i.cost_amount, spent = spent + i.cost_amount
+    UPDATE public.issuances SET status = 'redeemed', redeemed_at = now() WHERE tenant_id = t AND id = p_id;
+    UPDATE public.budgets SET reserved = reserved - i.cost_amount, spent = spent + i.cost_amount
      WHERE tenant_id = t AND id = i.budget_id;
-    INSERT INTO ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
+    INSERT INTO public.ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
     VALUES (t, i.budget_id, 'commit', i.cost_amount, i.currency, 'issuance', p_id);
     RETURN loyalty.issuance_json(p_id, false);
 END
@@ -429,7 +429,7 @@ CREATE FUNCTION loyalty.end_issuances(p_ids uuid[], p_status text) RETURNS integ
     AS $$
 #variable_conflict use_column
 DECLARE
-    t uuid := current_tenant_id();
+    t uuid := public.current_tenant_id();
     ended uuid[];
 BEGIN
     IF p_status IS NULL OR p_status NOT IN ('cancelled', 'expired') THEN
@@ -437,7 +437,7 @@ BEGIN
             jsonb_build_object('argument', 'status', 'reason', 'must be cancelled or expired'));
     END IF;
     SELECT array_agg(id) INTO ended FROM (
-        SELECT id FROM issuances
+        SELECT id FROM public.issuances
          WHERE tenant_id = t AND id = ANY (p_ids) AND status = 'issued'
          ORDER BY id
            FOR UPDATE
@@ -452,14 +452,14 @@ BEGIN
     -- Only a cancel returns codes, and it ends one issuance, so the array
     -- stays short.
     WITH codes AS (
-        UPDATE voucher_codes
+        UPDATE public.voucher_codes
            SET status = CASE WHEN p_status = 'cancelled' AND status = 'reserved'
                              THEN 'available' ELSE 'invalid' END,
                issuance_id = NULL
          WHERE tenant_id = t AND issuance_id = ANY (ended)
         RETURNING id, status
     )
-    UPDATE issuances i
+    UPDATE public.issuances i
        SET status = p_status,
            voucher_code_id = CASE WHEN i.voucher_code_id = ANY (ARRAY(SELECT id FROM codes
                                                                       WHERE status = 'available'))
@@ -467,30 +467,30 @@ BEGIN
      WHERE i.tenant_id = t AND i.id = ANY (ended);
     PERFORM loyalty.settle_pending_reservations();
     IF p_status = 'cancelled' THEN
-        PERFORM 1 FROM rules
+        PERFORM 1 FROM public.rules
          WHERE tenant_id = t AND global_limit IS NOT NULL
-           AND id IN (SELECT rule_id FROM issuances WHERE tenant_id = t AND id = ANY (ended))
+           AND id IN (SELECT rule_id FROM public.issuances WHERE tenant_id = t AND id = ANY (ended))
          ORDER BY id
            FOR NO KEY UPDATE;
     END IF;
-    PERFORM 1 FROM budgets
+    PERFORM 1 FROM public.budgets
      WHERE tenant_id = t
-       AND id IN (SELECT budget_id FROM issuances WHERE tenant_id = t AND id = ANY (ended))
+       AND id IN (SELECT budget_id FROM public.issuances WHERE tenant_id = t AND id = ANY (ended))
      ORDER BY id
        FOR NO KEY UPDATE;
     IF p_status = 'cancelled' THEN
-        UPDATE rules ru SET issued_count = ru.issued_count - s.n
-          FROM (SELECT rule_id, count(*) AS n FROM issuances
+        UPDATE public.rules ru SET issued_count = ru.issued_count - s.n
+          FROM (SELECT rule_id, count(*) AS n FROM public.issuances
                  WHERE tenant_id = t AND id = ANY (ended) GROUP BY rule_id) s
          WHERE ru.tenant_id = t AND ru.id = s.rule_id AND ru.global_limit IS NOT NULL;
     END IF;
-    UPDATE budgets b SET reserved = b.reserved - s.total
-      FROM (SELECT budget_id, sum(cost_amount) AS total FROM issuances
+    UPDATE public.budgets b SET reserved = b.reserved - s.total
+      FROM (SELECT budget_id, sum(cost_amount) AS total FROM public.issuances
              WHERE tenant_id = t AND id = ANY (ended) GROUP BY budget_id) s
      WHERE b.tenant_id = t AND b.id = s.budget_id;
-    INSERT INTO ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
+    INSERT INTO public.ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
     SELECT t, budget_id, 'release', cost_amount, currency, 'issuance', id
-      FROM issuances WHERE tenant_id = t AND id = ANY (ended);
+      FROM public.issuances WHERE tenant_id = t AND id = ANY (ended);
     RETURN cardinality(ended);
 END
 $$;
@@ -501,10 +501,10 @@ CREATE FUNCTION loyalty.cancel_issuance(p_id uuid) RETURNS jsonb
     AS $$
 #variable_conflict use_column
 DECLARE
-    t uuid := current_tenant_id();
+    t uuid := public.current_tenant_id();
     current_status text;
 BEGIN
-    SELECT status INTO current_status FROM issuances WHERE tenant_id = t AND id = p_id FOR UPDATE;
+    SELECT status INTO current_status FROM public.issuances WHERE tenant_id = t AND id = p_id FOR UPDATE;
     IF NOT FOUND THEN
         PERFORM loyalty.refuse('issuance_not_found', format('issuance %s not found', p_id));
     ELSIF current_status = 'cancelled' THEN
@@ -528,8 +528,8 @@ DECLARE
     due uuid[];
 BEGIN
     SELECT array_agg(id) INTO due FROM (
-        SELECT id FROM issuances
-         WHERE tenant_id = current_tenant_id() AND status = 'issued' AND expires_at <= p_now
+        SELECT id FROM public.issuances
+         WHERE tenant_id = public.current_tenant_id() AND status = 'issued' AND expires_at <= p_now
          ORDER BY expires_at
          LIMIT p_batch
            FOR UPDATE SKIP LOCKED

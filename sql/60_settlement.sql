@@ -20,21 +20,21 @@ BEGIN
     -- Issuances hold the rule's lock shared until commit, so a limit cannot
     -- be added between this read and the update.
     SELECT ru.id INTO limited_rule
-      FROM issuances i
-      JOIN rules ru ON ru.tenant_id = i.tenant_id AND ru.id = i.rule_id
+      FROM public.issuances i
+      JOIN public.rules ru ON ru.tenant_id = i.tenant_id AND ru.id = i.rule_id
      WHERE i.tenant_id = NEW.tenant_id AND i.id = NEW.ref_id AND ru.global_limit IS NOT NULL;
     IF limited_rule IS NOT NULL THEN
-        UPDATE rules SET issued_count = issued_count + 1
+        UPDATE public.rules SET issued_count = issued_count + 1
          WHERE tenant_id = NEW.tenant_id AND id = limited_rule
            AND global_limit IS NOT NULL AND issued_count < global_limit;
-        IF NOT FOUND AND EXISTS (SELECT 1 FROM rules
+        IF NOT FOUND AND EXISTS (SELECT 1 FROM public.rules
                                   WHERE tenant_id = NEW.tenant_id AND id = limited_rule
                                     AND global_limit IS NOT NULL) THEN
             PERFORM loyalty.refuse('limit_reached',
                 format('rule %s reached its global limit', limited_rule), '{"scope": "global"}');
         END IF;
     END IF;
-    UPDATE budgets SET reserved = reserved + NEW.amount
+    UPDATE public.budgets SET reserved = reserved + NEW.amount
      WHERE tenant_id = NEW.tenant_id AND id = NEW.budget_id
        AND reserved + spent + NEW.amount <= hard_cap;
     IF NOT FOUND THEN
@@ -73,7 +73,7 @@ BEGIN
     -- Wait for issuances in flight, which read the rule before this change.
     PERFORM pg_advisory_xact_lock(loyalty.rule_lock(NEW.id));
     PERFORM loyalty.settle_pending_reservations();
-    NEW.issued_count := (SELECT count(*) FROM issuances
+    NEW.issued_count := (SELECT count(*) FROM public.issuances
                           WHERE tenant_id = NEW.tenant_id AND rule_id = NEW.id
                             AND status <> 'cancelled');
     RETURN NEW;

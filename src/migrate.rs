@@ -44,6 +44,14 @@ const LAYER_ATTEMPTS: u32 = 5;
 
 const MARKER_PREFIX: &str = "loyalty-store SQL layer";
 
+/// Database-wide settings `migrate()` keeps on every run. PUBLIC loses
+/// `TEMPORARY`: a temporary table could otherwise shadow one of the crate's
+/// for later guards on the same pooled connection. (A database cloned from a
+/// template does not inherit its privileges, hence every run.)
+const HARDEN_DATABASE: &str = "DO $$ BEGIN \
+     EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database()); \
+     END $$";
+
 type SyncConnection = AsyncConnectionWrapper<AsyncPgConnection>;
 
 impl Store {
@@ -119,6 +127,12 @@ fn migrate_and_layer(conn: &mut SyncConnection) -> Result<Vec<String>> {
         .iter()
         .map(ToString::to_string)
         .collect();
+    conn.batch_execute(HARDEN_DATABASE).map_err(|e| {
+        Error::Migration(format!(
+            "revoking TEMPORARY on the database from PUBLIC (the migrator must own the \
+             database): {e}"
+        ))
+    })?;
     // A migration may have dropped and recreated a table, and its triggers
     // with it, so the layer is rebuilt after any migration.
     match layer_state(conn)? {

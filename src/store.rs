@@ -1,6 +1,8 @@
 //! [`Store`]: the pool and the two ways in, [`Store::tenant`] and
 //! [`Store::platform`] (in `platform.rs`).
 
+use std::sync::Arc;
+
 use diesel::connection::CacheSize;
 use diesel_async::pooled_connection::bb8::Pool;
 use diesel_async::pooled_connection::{
@@ -31,6 +33,7 @@ pub(crate) type PgPool = Pool<AsyncPgConnection>;
 pub struct Store {
     pool: PgPool,
     config: Config,
+    session_reset: Arc<str>,
 }
 
 impl std::fmt::Debug for Store {
@@ -50,6 +53,24 @@ pub struct PoolStatus {
     pub max_size: u32,
 }
 
+/// What a session looks like when a guard ends: every setting back to the
+/// login's defaults (and the configured statement timeout), no temporary
+/// tables, advisory locks, listeners or open cursors. `DISCARD ALL` would
+/// also drop the prepared statements diesel caches, so it is spelt out.
+fn session_reset(config: &Config) -> String {
+    let mut reset = String::from(
+        "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DISCARD TEMP; \
+         SELECT pg_advisory_unlock_all(); UNLISTEN *; CLOSE ALL",
+    );
+    if let Some(timeout) = config.statement_timeout {
+        reset.push_str(&format!(
+            "; SET statement_timeout = {}",
+            timeout.as_millis()
+        ));
+    }
+    reset
+}
+
 impl Store {
     /// Builds the pool. No connection is opened until the first checkout.
     pub async fn connect(config: Config) -> Result<Self> {
@@ -58,19 +79,20 @@ impl Store {
             Recycling::Fast => RecyclingMethod::Fast,
             Recycling::Verified => RecyclingMethod::Verified,
         };
-        let statement_timeout = config.statement_timeout;
+        let session_reset: Arc<str> = session_reset(&config).into();
         let prepared_statements = config.prepared_statements;
+        // A new connection starts in the state every guard leaves behind.
+        let setup = session_reset.clone();
         manager_config.custom_setup = Box::new(move |url| {
+            let setup = setup.clone();
             async move {
                 let mut conn = AsyncPgConnection::establish(url).await?;
                 if !prepared_statements {
                     conn.set_prepared_statement_cache_size(CacheSize::Disabled);
                 }
-                if let Some(timeout) = statement_timeout {
-                    conn.batch_execute(&format!("SET statement_timeout = {}", timeout.as_millis()))
-                        .await
-                        .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-                }
+                conn.batch_execute(&setup)
+                    .await
+                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
                 Ok(conn)
             }
             .boxed()
@@ -83,7 +105,11 @@ impl Store {
             .test_on_check_out(config.recycling == Recycling::Verified)
             .build(manager)
             .await?;
-        Ok(Store { pool, config })
+        Ok(Store {
+            pool,
+            config,
+            session_reset,
+        })
     }
 
     /// [`Config::from_url`] followed by [`Store::connect`].
@@ -106,7 +132,7 @@ impl Store {
     /// writes record.
     pub async fn tenant_as(&self, tenant: TenantId, actor: Actor) -> Result<TenantConn> {
         let conn = self.pool.get_owned().await?;
-        TenantConn::begin(conn, tenant, actor).await
+        TenantConn::begin(conn, tenant, actor, self.session_reset.clone()).await
     }
 
     /// The pool, for crate modules that need a plain login-role connection.

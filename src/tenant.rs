@@ -8,6 +8,8 @@ use diesel_async::{
     AnsiTransactionManager, AsyncPgConnection, SimpleAsyncConnection, TransactionManager,
 };
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 use crate::ids::{CustomerId, StaffUserId, TenantId};
 use serde::{Deserialize, Serialize};
@@ -49,6 +51,7 @@ pub struct TenantConn {
     conn: Option<Pooled>,
     tenant: TenantId,
     actor: Actor,
+    session_reset: Arc<str>,
 }
 
 /// Who is acting through a guard. Audited writes record it in `audit_logs`.
@@ -94,12 +97,22 @@ impl std::fmt::Debug for TenantConn {
 }
 
 impl TenantConn {
-    pub(crate) async fn begin(mut conn: Pooled, tenant: TenantId, actor: Actor) -> Result<Self> {
+    /// `session_reset` is what [`crate::Store`] sends after every guard to
+    /// clear session state the guard's SQL may have left (see
+    /// [`TenantConn::commit`]).
+    pub(crate) async fn begin(
+        mut conn: Pooled,
+        tenant: TenantId,
+        actor: Actor,
+        session_reset: Arc<str>,
+    ) -> Result<Self> {
         // The uuid is formatted from a typed id, so nothing user-supplied is
-        // spliced into this SQL.
+        // spliced into this SQL. pg_temp goes last in the search path, so a
+        // temporary table never shadows one of the crate's.
         let opening = format!(
             "BEGIN; \
-             SELECT set_config('role', 'loyalty_app', true), \
+             SELECT set_config('search_path', 'public, pg_temp', true), \
+                    set_config('role', 'loyalty_app', true), \
                     set_config('app.tenant_id', '{tenant}', true); \
              SELECT loyalty.assert_tenant_active()"
         );
@@ -116,6 +129,7 @@ impl TenantConn {
             conn: Some(conn),
             tenant,
             actor,
+            session_reset,
         })
     }
 
@@ -150,6 +164,11 @@ impl TenantConn {
     /// and one whose rule's global limit is used up by then with
     /// [`Refusal::LimitReached`].
     ///
+    /// Whatever the outcome, the session is then reset (role, settings,
+    /// temporary tables, advisory locks, listeners, cursors), in the same
+    /// round trip, so nothing the guard's SQL set at session level reaches
+    /// the next guard on this connection.
+    ///
     /// [`Refusal::BudgetExhausted`]: crate::Refusal::BudgetExhausted
     /// [`Refusal::LimitReached`]: crate::Refusal::LimitReached
     pub async fn commit(mut self) -> Result<()> {
@@ -157,16 +176,25 @@ impl TenantConn {
             .conn
             .take()
             .expect("a live guard always holds its connection");
-        // A probe and COMMIT, pipelined in one round trip: in a failed
-        // transaction the probe errors, and COMMIT then only rolls back.
-        let (mut for_probe, mut for_commit): (&AsyncPgConnection, &AsyncPgConnection) =
-            (&conn, &conn);
-        let (probe, commit) = tokio::join!(
+        // A probe, COMMIT and the session reset, pipelined in one round
+        // trip: in a failed transaction the probe errors, and COMMIT then
+        // only rolls back.
+        let (mut for_probe, mut for_commit, mut for_reset): (
+            &AsyncPgConnection,
+            &AsyncPgConnection,
+            &AsyncPgConnection,
+        ) = (&conn, &conn, &conn);
+        let (probe, commit, reset) = tokio::join!(
             // Polled, and so sent, in this order.
             biased;
             for_probe.batch_execute("SELECT 1"),
             for_commit.batch_execute("COMMIT"),
+            for_reset.batch_execute(&self.session_reset),
         );
+        if let Err(err) = reset {
+            tracing::warn!(error = %err, "session reset after a guard failed; connection discarded");
+            mark_broken(&mut conn);
+        }
         let status = AnsiTransactionManager::transaction_manager_status_mut(&mut *conn);
         match (probe, commit) {
             (_, Err(err)) if connection_lost(&err) => {
@@ -194,7 +222,7 @@ impl TenantConn {
     /// the background; this waits for it.
     pub async fn rollback(mut self) {
         if let Some(mut conn) = self.conn.take() {
-            roll_back(&mut conn).await;
+            roll_back(&mut conn, &self.session_reset).await;
         }
     }
 }
@@ -208,16 +236,22 @@ impl Drop for TenantConn {
         // the connection is dropped still in its transaction, and the pool
         // discards it rather than hand it out.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { roll_back(&mut conn).await });
+            let session_reset = self.session_reset.clone();
+            runtime.spawn(async move { roll_back(&mut conn, &session_reset).await });
         }
     }
 }
 
-async fn roll_back(conn: &mut Pooled) {
+/// Rolling back undoes the guard's settings, but not all session state
+/// (session advisory locks, for one), so the session is reset as well.
+async fn roll_back(conn: &mut Pooled, session_reset: &str) {
     // On failure the manager marks itself broken and the pool discards the
     // connection, so there is nothing more to do with the error.
     if let Err(err) = AnsiTransactionManager::rollback_transaction(&mut **conn).await {
         tracing::warn!(error = %err, "tenant guard rollback failed; connection discarded");
+        mark_broken(conn);
+    } else if let Err(err) = conn.batch_execute(session_reset).await {
+        tracing::warn!(error = %err, "session reset after a guard failed; connection discarded");
         mark_broken(conn);
     }
 }

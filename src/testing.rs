@@ -59,7 +59,13 @@ impl TestDb {
     /// Creates a migrated database, or panics with what to install or set.
     pub async fn new() -> TestDb {
         ensure_template(&server().admin_url).await;
-        Self::create(&format!("TEMPLATE {TEMPLATE}")).await
+        let db = Self::create(&format!("TEMPLATE {TEMPLATE}")).await;
+        // What a service runs at start-up: it finds nothing to migrate, and
+        // puts back what a clone does not inherit (database privileges).
+        if let Err(e) = db.store.migrate().await {
+            panic!("migrating test database {}: {e}", db.name);
+        }
+        db
     }
 
     /// Creates a database with no migrations applied, for testing migrations.

@@ -10,5 +10,6 @@ mod money;
 mod ops;
 mod platform;
 mod repo;
+mod session;
 mod sql_layer;
 mod support;

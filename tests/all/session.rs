@@ -1,0 +1,181 @@
+//! Nothing one guard's SQL does to its session reaches the next guard on the
+//! same pooled connection, and no temporary table takes the place of one of
+//! the crate's tables. Checked for a superuser login (the harness's) and for
+//! a service login that is a plain member of `loyalty_app`.
+
+use diesel::dsl::sql;
+use diesel::sql_types::{BigInt, Text};
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use loyalty_store::prelude::*;
+use loyalty_store::testing::{CampaignFixture, TestDb};
+
+use crate::support::{assert_books_balance, budget, issue, money};
+
+/// A login that owns nothing and can only become `loyalty_app`, created once
+/// per server (roles are cluster-wide).
+async fn service_login(db: &TestDb) -> Store {
+    let mut admin = db.store().raw_connection().await.unwrap();
+    admin
+        .batch_execute(
+            "DO $$ BEGIN \
+               CREATE ROLE loyalty_test_service LOGIN NOINHERIT NOSUPERUSER NOBYPASSRLS \
+                 IN ROLE loyalty_app; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$",
+        )
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(db.url()).unwrap();
+    url.set_username("loyalty_test_service").unwrap();
+    single_connection(url.as_str()).await
+}
+
+async fn single_connection(url: &str) -> Store {
+    Store::connect(Config::from_url(url).unwrap().with_pool_size(1))
+        .await
+        .unwrap()
+}
+
+/// Both logins, each with a pool of one connection, so every guard reuses
+/// the connection the one before it left.
+async fn logins(db: &TestDb) -> Vec<(&'static str, Store)> {
+    vec![
+        ("superuser", single_connection(db.url()).await),
+        ("service", service_login(db).await),
+    ]
+}
+
+async fn text(tx: &mut TenantConn, expression: &str) -> String {
+    diesel::select(sql::<Text>(expression))
+        .get_result(tx.conn())
+        .await
+        .unwrap_or_else(|e| panic!("{expression}: {e}"))
+}
+
+#[tokio::test]
+async fn session_settings_made_in_one_guard_do_not_reach_the_next() {
+    let db = TestDb::new().await;
+    let shop = CampaignFixture::builder()
+        .customers(1)
+        .create(db.store())
+        .await
+        .unwrap();
+    for (login, store) in logins(&db).await {
+        let mut tx = store.tenant(shop.tenant).await.unwrap();
+        tx.conn()
+            .batch_execute(
+                "SET SESSION default_transaction_read_only = on; \
+                 SET SESSION statement_timeout = 1; \
+                 SELECT set_config('search_path', 'pg_temp, public', false); \
+                 SELECT pg_advisory_lock(42)",
+            )
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
+        let mut tx = store.tenant(shop.tenant).await.unwrap();
+        assert_eq!(
+            text(&mut tx, "current_setting('default_transaction_read_only')").await,
+            "off",
+            "{login}"
+        );
+        assert_eq!(
+            text(&mut tx, "current_setting('statement_timeout')").await,
+            "30s",
+            "{login}: the configured timeout, not the guard's"
+        );
+        assert_eq!(
+            text(&mut tx, "current_setting('search_path')").await,
+            "public, pg_temp",
+            "{login}"
+        );
+        let locks: i64 = diesel::select(sql::<BigInt>(
+            "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+               AND pid = pg_backend_pid())",
+        ))
+        .get_result(tx.conn())
+        .await
+        .unwrap();
+        assert_eq!(locks, 0, "{login}: the session lock went with the guard");
+        tx.customers()
+            .create(NewCustomer::new("+15559990000"))
+            .await
+            .unwrap_or_else(|e| panic!("{login}: the next guard can write: {e}"));
+        tx.rollback().await;
+    }
+}
+
+#[tokio::test]
+async fn a_service_login_cannot_create_temporary_tables() {
+    let db = TestDb::new().await;
+    let shop = CampaignFixture::builder().create(db.store()).await.unwrap();
+    let store = service_login(&db).await;
+    let mut tx = store.tenant(shop.tenant).await.unwrap();
+    let created = tx
+        .conn()
+        .batch_execute("CREATE TEMP TABLE customers (LIKE public.customers)")
+        .await
+        .map_err(Error::from);
+    assert!(
+        matches!(created, Err(Error::PermissionDenied { .. })),
+        "{created:?}"
+    );
+}
+
+/// A superuser login can still create temporary tables, by leaving the
+/// guard's role; they never stand in for the crate's, in the guard that made
+/// them or in the next one.
+#[tokio::test]
+async fn a_temporary_table_never_takes_the_place_of_a_crate_table() {
+    let db = TestDb::new().await;
+    let shop = CampaignFixture::builder()
+        .hard_cap(5)
+        .customers(3)
+        .create(db.store())
+        .await
+        .unwrap();
+    let store = single_connection(db.url()).await;
+    // Inside a guard even a superuser acts as loyalty_app, which may not
+    // create temporary tables: it has to step out of the role first.
+    let shadows = "RESET ROLE; \
+                   CREATE TEMP TABLE customers (LIKE public.customers INCLUDING ALL); \
+                   CREATE TEMP TABLE budgets (LIKE public.budgets INCLUDING ALL); \
+                   CREATE TEMP TABLE issuances (LIKE public.issuances INCLUDING ALL); \
+                   CREATE TEMP TABLE ledger_entries (LIKE public.ledger_entries INCLUDING ALL); \
+                   SELECT set_config('role', 'loyalty_app', true)";
+
+    // In the guard that made them: the money path still writes the real tables.
+    let mut tx = store.tenant(shop.tenant).await.unwrap();
+    tx.conn().batch_execute(shadows).await.unwrap();
+    tx.conn()
+        .batch_execute("SELECT set_config('search_path', 'pg_temp, public', true)")
+        .await
+        .unwrap();
+    tx.issuances()
+        .issue(NewIssuance {
+            rule_id: shop.rule,
+            customer_id: shop.customers[0],
+            idempotency_key: "in-the-shadow".into(),
+            expires_at: None,
+        })
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(budget(db.store(), &shop).await.reserved, money("2.50"));
+
+    // In the next guard on the connection: the temporary tables are gone.
+    let mut tx = store.tenant(shop.tenant).await.unwrap();
+    let created = tx
+        .customers()
+        .create(NewCustomer::new("+15559990001"))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = db.store().tenant(shop.tenant).await.unwrap();
+    assert_eq!(tx.customers().get(created.id).await.unwrap(), created);
+    drop(tx);
+    issue(db.store(), &shop, shop.customers[1], "after")
+        .await
+        .unwrap();
+    assert_eq!(budget(db.store(), &shop).await.reserved, money("5"));
+    assert_books_balance(db.store(), shop.tenant).await;
+}
