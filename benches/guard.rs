@@ -1,8 +1,12 @@
 //! The tenant guard's cost, next to a plain pooled read and the raw-SQL floor
-//! (pgbench running benches/sql/guard_read.sql) on the same database.
+//! (pgbench running benches/sql/guard_read.sql) on the same database. The
+//! read runs through the repository, and as a diesel query of the caller's
+//! own through `tx.conn()`, after which the guard resets the session.
 //!
 //! `cargo bench --bench guard`; `DATABASE_URL` picks the server (default: a
 //! throwaway one). `BENCH_SECONDS` sets the length of each run (default 5).
+
+mod common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -14,7 +18,10 @@ use loyalty_store::schema::customers;
 use loyalty_store::testing::{TestDb, pg_tool};
 use loyalty_store::{Config, Recycling};
 
+use common::median;
+
 const CUSTOMERS: u32 = 10_000;
+const ROUNDS: usize = 5;
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/sql/guard_read.sql");
 
 type Row = (CustomerId, String, String);
@@ -33,7 +40,11 @@ fn random_customer(state: &mut u64) -> u32 {
 
 #[derive(Clone, Copy)]
 enum Mode {
+    /// The read as a diesel query of the caller's own, through `tx.conn()`:
+    /// the guard then resets the session as it ends.
     Guard,
+    /// The same read through the repository, which leaves no session state.
+    Repository,
     Plain,
 }
 
@@ -62,7 +73,7 @@ async fn measure(
                 let started = Instant::now();
                 let query = customers::table
                     .filter(customers::tenant_id.eq(tenant))
-                    .filter(customers::phone_e164.eq(wanted))
+                    .filter(customers::phone_e164.eq(wanted.clone()))
                     .select((customers::id, customers::phone_e164, customers::status));
                 let row: Row = match mode {
                     Mode::Guard => {
@@ -70,6 +81,17 @@ async fn measure(
                         let row = query.get_result(tx.conn()).await.unwrap();
                         tx.commit().await.unwrap();
                         row
+                    }
+                    Mode::Repository => {
+                        let mut tx = store.tenant(tenant).await.unwrap();
+                        let customer = tx.customers().find_by_phone(&wanted).await.unwrap();
+                        tx.commit().await.unwrap();
+                        let customer = customer.expect("every phone exists");
+                        (
+                            customer.id,
+                            customer.phone_e164,
+                            customer.status.to_string(),
+                        )
                     }
                     Mode::Plain => {
                         let mut conn = store.raw_connection().await.unwrap();
@@ -163,23 +185,33 @@ async fn main() {
     tx.commit().await.unwrap();
 
     println!(
-        "point read of one customer by phone, {CUSTOMERS} customers, {}s per run",
+        "point read of one customer by phone, {CUSTOMERS} customers: \
+         {ROUNDS} rounds of {}s per path, alternating, median shown",
         run.as_secs()
     );
     println!("| path | workers | ops/s | p50 ms | p99 ms | vs raw floor |");
     println!("|---|---|---|---|---|---|");
+    let paths = [
+        (
+            "guard, repository read, recycling=fast",
+            Mode::Repository,
+            Recycling::Fast,
+        ),
+        (
+            "guard, own query + session reset, recycling=fast",
+            Mode::Guard,
+            Recycling::Fast,
+        ),
+        (
+            "guard, own query + session reset, recycling=verified",
+            Mode::Guard,
+            Recycling::Verified,
+        ),
+        ("plain pooled read, no guard", Mode::Plain, Recycling::Fast),
+    ];
     for workers in [1, 8] {
-        let floor = pgbench(db.url(), tenant, workers, run);
-        println!("| raw SQL floor (pgbench, 3 round trips) | {workers} | {floor:.0} | | | 100% |");
-        for (label, mode, recycling) in [
-            ("guard, recycling=fast", Mode::Guard, Recycling::Fast),
-            (
-                "guard, recycling=verified",
-                Mode::Guard,
-                Recycling::Verified,
-            ),
-            ("plain pooled read, no guard", Mode::Plain, Recycling::Fast),
-        ] {
+        let mut stores = Vec::new();
+        for (_, mode, recycling) in paths {
             let config = Config::from_url(db.url())
                 .unwrap()
                 .with_pool_size(workers)
@@ -187,7 +219,22 @@ async fn main() {
             let store = Store::connect(config).await.unwrap();
             // Warm the pool and the statement caches before timing.
             measure(&store, tenant, mode, workers, Duration::from_millis(300)).await;
-            let m = measure(&store, tenant, mode, workers, run).await;
+            stores.push(store);
+        }
+        let mut floors = Vec::new();
+        let mut rounds: Vec<Vec<Measured>> = paths.iter().map(|_| Vec::new()).collect();
+        for _ in 0..ROUNDS {
+            floors.push(pgbench(db.url(), tenant, workers, run));
+            for ((_, mode, _), (store, measured)) in
+                paths.iter().zip(stores.iter().zip(rounds.iter_mut()))
+            {
+                measured.push(measure(store, tenant, *mode, workers, run).await);
+            }
+        }
+        let floor = median(floors, |tps| *tps);
+        println!("| raw SQL floor (pgbench, 3 round trips) | {workers} | {floor:.0} | | | 100% |");
+        for ((label, _, _), measured) in paths.iter().zip(rounds) {
+            let m = median(measured, |m| m.per_second);
             println!(
                 "| {label} | {workers} | {:.0} | {} | {} | {:.0}% |",
                 m.per_second,

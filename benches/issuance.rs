@@ -16,6 +16,8 @@
 //! `cargo bench --bench issuance`; `BENCH_SECONDS` (default 5) and
 //! `BENCH_CODES` (default 1,000,000) size the runs.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -30,6 +32,8 @@ use loyalty_store::testing::{CampaignFixture, TestDb, pg_tool};
 use serde_json::json;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
+
+use common::median;
 
 const CUSTOMERS: usize = 1000;
 const ROUNDS: usize = 5;
@@ -109,12 +113,6 @@ struct Measured {
     per_second: f64,
     p50: Duration,
     p99: Duration,
-}
-
-/// The round whose `key` is the median.
-fn median<T>(mut rounds: Vec<T>, key: impl Fn(&T) -> f64) -> T {
-    rounds.sort_by(|a, b| key(a).total_cmp(&key(b)));
-    rounds.swap_remove(rounds.len() / 2)
 }
 
 fn summarize(mut latencies: Vec<Duration>, run: Duration) -> Measured {

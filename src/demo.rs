@@ -77,7 +77,7 @@ pub async fn seed_demo(store: &Store) -> Result<DemoSummary> {
 
     let mut tx = store.tenant(DEMO_TENANT).await?;
     let t = DEMO_TENANT;
-    let conn = tx.conn();
+    let conn = tx.db();
 
     let staff: Vec<_> = [
         (1, "owner@demo.coffee", "Olivia Owner", StaffRole::Owner),
@@ -170,7 +170,7 @@ pub async fn seed_demo(store: &Store) -> Result<DemoSummary> {
     tx.budgets()
         .top_up(budget, bigdecimal::BigDecimal::from(10_000), budget.0)
         .await?;
-    let conn = tx.conn();
+    let conn = tx.db();
 
     let welcome = CampaignId(demo(401));
     let weekend = CampaignId(demo(402));

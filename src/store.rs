@@ -58,17 +58,18 @@ pub struct PoolStatus {
 /// tables, advisory locks, listeners or open cursors. `DISCARD ALL` would
 /// also drop the prepared statements diesel caches, so it is spelt out.
 fn session_reset(config: &Config) -> String {
-    let mut reset = String::from(
-        "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DISCARD TEMP; \
-         SELECT pg_advisory_unlock_all(); UNLISTEN *; CLOSE ALL",
-    );
-    if let Some(timeout) = config.statement_timeout {
-        reset.push_str(&format!(
-            "; SET statement_timeout = {}",
+    // RESET ALL puts statement_timeout back to the login's default, so a
+    // configured one follows, in the statement that unlocks.
+    let timeout = config.statement_timeout.map_or(String::new(), |timeout| {
+        format!(
+            ", set_config('statement_timeout', '{}', false)",
             timeout.as_millis()
-        ));
-    }
-    reset
+        )
+    });
+    format!(
+        "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DISCARD TEMP; UNLISTEN *; CLOSE ALL; \
+         SELECT pg_advisory_unlock_all(){timeout}"
+    )
 }
 
 impl Store {

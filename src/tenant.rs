@@ -52,6 +52,9 @@ pub struct TenantConn {
     tenant: TenantId,
     actor: Actor,
     session_reset: Arc<str>,
+    /// Whether SQL of the caller's own may have run, through [`Self::conn`]:
+    /// only then can the session carry state the next guard must not see.
+    raw: bool,
 }
 
 /// Who is acting through a guard. Audited writes record it in `audit_logs`.
@@ -130,6 +133,7 @@ impl TenantConn {
             tenant,
             actor,
             session_reset,
+            raw: false,
         })
     }
 
@@ -145,10 +149,26 @@ impl TenantConn {
 
     /// The connection, for diesel queries of your own. Everything run on it is
     /// part of this guard's transaction and sees only this tenant's rows.
+    ///
+    /// A guard whose connection was handed out this way resets the session
+    /// when it ends (see [`TenantConn::commit`]).
     pub fn conn(&mut self) -> &mut AsyncPgConnection {
+        self.raw = true;
+        self.db()
+    }
+
+    /// The connection, for the crate's own statements, which leave no
+    /// session state behind.
+    pub(crate) fn db(&mut self) -> &mut AsyncPgConnection {
         self.conn
             .as_mut()
             .expect("a live guard always holds its connection")
+    }
+
+    /// What to send after the guard's transaction ends: the session reset
+    /// if the caller's own SQL may have run, else nothing.
+    fn cleanup(&self) -> &str {
+        if self.raw { &self.session_reset } else { "" }
     }
 
     /// Commits and ends the guard.
@@ -164,10 +184,11 @@ impl TenantConn {
     /// and one whose rule's global limit is used up by then with
     /// [`Refusal::LimitReached`].
     ///
-    /// Whatever the outcome, the session is then reset (role, settings,
-    /// temporary tables, advisory locks, listeners, cursors), in the same
-    /// round trip, so nothing the guard's SQL set at session level reaches
-    /// the next guard on this connection.
+    /// If SQL of your own ran through [`conn`](TenantConn::conn), the
+    /// session is then reset whatever the outcome (role, settings, temporary
+    /// tables, advisory locks, listeners, cursors), in the same round trip,
+    /// so nothing it set at session level reaches the next guard on this
+    /// connection.
     ///
     /// [`Refusal::BudgetExhausted`]: crate::Refusal::BudgetExhausted
     /// [`Refusal::LimitReached`]: crate::Refusal::LimitReached
@@ -189,7 +210,12 @@ impl TenantConn {
             biased;
             for_probe.batch_execute("SELECT 1"),
             for_commit.batch_execute("COMMIT"),
-            for_reset.batch_execute(&self.session_reset),
+            async {
+                match self.cleanup() {
+                    "" => Ok(()),
+                    reset => for_reset.batch_execute(reset).await,
+                }
+            },
         );
         if let Err(err) = reset {
             tracing::warn!(error = %err, "session reset after a guard failed; connection discarded");
@@ -222,7 +248,7 @@ impl TenantConn {
     /// the background; this waits for it.
     pub async fn rollback(mut self) {
         if let Some(mut conn) = self.conn.take() {
-            roll_back(&mut conn, &self.session_reset).await;
+            roll_back(&mut conn, self.cleanup()).await;
         }
     }
 }
@@ -236,8 +262,8 @@ impl Drop for TenantConn {
         // the connection is dropped still in its transaction, and the pool
         // discards it rather than hand it out.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let session_reset = self.session_reset.clone();
-            runtime.spawn(async move { roll_back(&mut conn, &session_reset).await });
+            let cleanup = self.cleanup().to_owned();
+            runtime.spawn(async move { roll_back(&mut conn, &cleanup).await });
         }
     }
 }
@@ -250,7 +276,9 @@ async fn roll_back(conn: &mut Pooled, session_reset: &str) {
     if let Err(err) = AnsiTransactionManager::rollback_transaction(&mut **conn).await {
         tracing::warn!(error = %err, "tenant guard rollback failed; connection discarded");
         mark_broken(conn);
-    } else if let Err(err) = conn.batch_execute(session_reset).await {
+    } else if !session_reset.is_empty()
+        && let Err(err) = conn.batch_execute(session_reset).await
+    {
         tracing::warn!(error = %err, "session reset after a guard failed; connection discarded");
         mark_broken(conn);
     }

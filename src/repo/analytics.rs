@@ -114,7 +114,7 @@ impl AnalyticsRepository for Analytics<'_> {
                  WHERE status = 'redeemed' AND redeemed_at >= $1) AS rewards_redeemed",
         )
         .bind::<Timestamptz, _>(since)
-        .get_result(self.0.conn())
+        .get_result(self.0.db())
         .await?)
     }
 
@@ -126,7 +126,7 @@ impl AnalyticsRepository for Analytics<'_> {
         )
         .bind::<Timestamptz, _>(range.from)
         .bind::<Timestamptz, _>(range.to)
-        .get_result(self.0.conn())
+        .get_result(self.0.db())
         .await?;
         let rate_percent = if counts.issued == 0 {
             0.0
@@ -157,7 +157,7 @@ impl AnalyticsRepository for Analytics<'_> {
         .bind::<Timestamptz, _>(range.from)
         .bind::<Timestamptz, _>(range.to)
         .bind::<Int8, _>(limit)
-        .load(self.0.conn())
+        .load(self.0.db())
         .await?)
     }
 }

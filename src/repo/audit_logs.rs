@@ -128,7 +128,7 @@ impl AuditLogRepository for AuditLogs<'_> {
                 audit_logs::ip_address.eq(new.ip_address),
             ))
             .returning(AuditLog::as_returning())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?)
     }
 
@@ -153,7 +153,7 @@ impl AuditLogRepository for AuditLogs<'_> {
                         .and(audit_logs::id.lt(after.id))),
             );
         }
-        Ok(query.load(self.0.conn()).await?)
+        Ok(query.load(self.0.db()).await?)
     }
 }
 

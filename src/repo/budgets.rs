@@ -236,7 +236,7 @@ impl Budgets<'_> {
         .bind::<Numeric, _>(amount)
         .bind::<Text, _>(&reference.ref_type)
         .bind::<SqlUuid, _>(reference.ref_id)
-        .get_result(self.0.conn())
+        .get_result(self.0.db())
         .await?;
         if let Some(refusal) = row.refusal {
             return Err(Refusal::from_json(&refusal)
@@ -279,7 +279,7 @@ impl BudgetRepository for Budgets<'_> {
                 budgets::currency.eq(new.currency),
                 budgets::hard_cap.eq(BigDecimal::from(0)),
             ))
-            .execute(self.0.conn())
+            .execute(self.0.db())
             .await?;
         if opening_top_up {
             self.mv(
@@ -297,7 +297,7 @@ impl BudgetRepository for Budgets<'_> {
         Ok(budgets::table
             .filter(budgets::id.eq(id))
             .select(Budget::as_select())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?)
     }
 
@@ -346,13 +346,13 @@ impl BudgetRepository for Budgets<'_> {
             .limit(limit)
             .offset(i64::from(page.offset))
             .select(LedgerEntry::as_select())
-            .load(self.0.conn())
+            .load(self.0.db())
             .await?)
     }
 
     async fn verify_ledger(&mut self) -> Result<Vec<LedgerMismatch>> {
         diesel::sql_query("SELECT loyalty.settle_pending_reservations()")
-            .execute(self.0.conn())
+            .execute(self.0.db())
             .await?;
         Ok(diesel::sql_query(
             "SELECT b.id AS budget_id, b.hard_cap, b.reserved, b.spent, \
@@ -373,7 +373,7 @@ impl BudgetRepository for Budgets<'_> {
                  OR b.spent <> coalesce(l.spent, 0) \
               ORDER BY b.id",
         )
-        .load(self.0.conn())
+        .load(self.0.db())
         .await?)
     }
 }

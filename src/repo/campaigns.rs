@@ -138,7 +138,7 @@ impl CampaignRepository for Campaigns<'_> {
                 campaigns::status.eq(new.status),
             ))
             .returning(Campaign::as_returning())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?)
     }
 
@@ -146,7 +146,7 @@ impl CampaignRepository for Campaigns<'_> {
         Ok(campaigns::table
             .filter(campaigns::id.eq(id))
             .select(Campaign::as_select())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?)
     }
 
@@ -157,7 +157,7 @@ impl CampaignRepository for Campaigns<'_> {
             .limit(limit)
             .offset(i64::from(page.offset))
             .select(Campaign::as_select())
-            .load(self.0.conn())
+            .load(self.0.db())
             .await?)
     }
 
@@ -168,7 +168,7 @@ impl CampaignRepository for Campaigns<'_> {
             .filter(campaigns::end_at.is_null().or(campaigns::end_at.ge(at)))
             .order((campaigns::created_at.desc(), campaigns::id.desc()))
             .select(Campaign::as_select())
-            .load(self.0.conn())
+            .load(self.0.db())
             .await?)
     }
 
@@ -176,7 +176,7 @@ impl CampaignRepository for Campaigns<'_> {
         let updated = diesel::update(campaigns::table.filter(campaigns::id.eq(id)))
             .set(campaigns::status.eq(status))
             .returning(Campaign::as_returning())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?;
         audit_logs::record(
             self.0,

@@ -106,7 +106,7 @@ impl ConsentRepository for Consents<'_> {
                 consents::source.eq(new.source),
             ))
             .returning(Consent::as_returning())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?)
     }
 
@@ -115,7 +115,7 @@ impl ConsentRepository for Consents<'_> {
             .filter(consents::customer_id.eq(customer_id))
             .order((consents::occurred_at.desc(), consents::id.desc()))
             .select(Consent::as_select())
-            .load(self.0.conn())
+            .load(self.0.db())
             .await?)
     }
 
@@ -131,7 +131,7 @@ impl ConsentRepository for Consents<'_> {
             .filter(consents::purpose.eq(purpose))
             .order((consents::occurred_at.desc(), consents::id.desc()))
             .select(Consent::as_select())
-            .first(self.0.conn())
+            .first(self.0.db())
             .await
             .optional()?)
     }

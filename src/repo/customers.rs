@@ -98,7 +98,7 @@ impl CustomerRepository for Customers<'_> {
                 customers::attributes.eq(new.attributes),
             ))
             .returning(Customer::as_returning())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?)
     }
 
@@ -106,7 +106,7 @@ impl CustomerRepository for Customers<'_> {
         Ok(customers::table
             .filter(customers::id.eq(id))
             .select(Customer::as_select())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?)
     }
 
@@ -115,7 +115,7 @@ impl CustomerRepository for Customers<'_> {
         Ok(customers::table
             .filter(customers::phone_e164.eq(phone_e164))
             .select(Customer::as_select())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await
             .optional()?)
     }
@@ -125,7 +125,7 @@ impl CustomerRepository for Customers<'_> {
             diesel::update(customers::table.filter(customers::id.eq(id)))
                 .set(customers::status.eq(status))
                 .returning(Customer::as_returning())
-                .get_result(self.0.conn())
+                .get_result(self.0.db())
                 .await?,
         )
     }

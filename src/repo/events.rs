@@ -102,7 +102,7 @@ impl Events<'_> {
                     .and(events::id.lt(after.id))),
             );
         }
-        Ok(query.load(self.0.conn()).await?)
+        Ok(query.load(self.0.db()).await?)
     }
 }
 
@@ -130,7 +130,7 @@ impl EventRepository for Events<'_> {
             .on_conflict((events::tenant_id, events::idempotency_key))
             .do_nothing()
             .returning(Event::as_returning())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await
             .optional()?;
         if let Some(event) = inserted {
@@ -142,7 +142,7 @@ impl EventRepository for Events<'_> {
         let event = events::table
             .filter(events::idempotency_key.eq(key))
             .select(Event::as_select())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?;
         Ok(Ingested {
             event,

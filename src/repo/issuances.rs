@@ -327,7 +327,7 @@ impl IssuanceRepository for Issuances<'_> {
             new.idempotency_key,
             new.expires_at,
         ))
-        .get_result(self.0.conn())
+        .get_result(self.0.db())
         .await?;
         Ok(answer.0)
     }
@@ -360,7 +360,7 @@ impl IssuanceRepository for Issuances<'_> {
             ids,
             batch.expires_at,
         ))
-        .get_result(self.0.conn())
+        .get_result(self.0.db())
         .await?;
         let items = raw
             .items
@@ -376,14 +376,14 @@ impl IssuanceRepository for Issuances<'_> {
 
     async fn redeem(&mut self, id: IssuanceId) -> Result<Issued> {
         let JsonAnswer(redeemed) = diesel::select(redeem_issuance(id))
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?;
         Ok(redeemed)
     }
 
     async fn cancel(&mut self, id: IssuanceId) -> Result<Issued> {
         let JsonAnswer(cancelled) = diesel::select(cancel_issuance(id))
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?;
         Ok(cancelled)
     }
@@ -391,7 +391,7 @@ impl IssuanceRepository for Issuances<'_> {
     async fn expire_due(&mut self, now: DateTime<Utc>, batch: u32) -> Result<u32> {
         let batch = validate::page_limit(batch)?;
         let expired: i32 = diesel::select(expire_issuances(now, batch as i32))
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?;
         Ok(expired.unsigned_abs())
     }
@@ -400,7 +400,7 @@ impl IssuanceRepository for Issuances<'_> {
         Ok(issuances::table
             .filter(issuances::id.eq(id))
             .select(Issuance::as_select())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?)
     }
 
@@ -423,6 +423,6 @@ impl IssuanceRepository for Issuances<'_> {
                     .and(issuances::id.lt(after.id))),
             );
         }
-        Ok(query.load(self.0.conn()).await?)
+        Ok(query.load(self.0.db()).await?)
     }
 }

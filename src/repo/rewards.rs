@@ -109,7 +109,7 @@ impl RewardRepository for Rewards<'_> {
                 reward_catalog::uses_codes.eq(new.uses_codes),
             ))
             .returning(Reward::as_returning())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?)
     }
 
@@ -117,7 +117,7 @@ impl RewardRepository for Rewards<'_> {
         Ok(reward_catalog::table
             .filter(reward_catalog::id.eq(id))
             .select(Reward::as_select())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?)
     }
 
@@ -126,7 +126,7 @@ impl RewardRepository for Rewards<'_> {
             .filter(reward_catalog::status.eq(RewardStatus::Active))
             .order((reward_catalog::name, reward_catalog::id))
             .select(Reward::as_select())
-            .load(self.0.conn())
+            .load(self.0.db())
             .await?)
     }
 
@@ -135,7 +135,7 @@ impl RewardRepository for Rewards<'_> {
             diesel::update(reward_catalog::table.filter(reward_catalog::id.eq(id)))
                 .set(reward_catalog::status.eq(status))
                 .returning(Reward::as_returning())
-                .get_result(self.0.conn())
+                .get_result(self.0.db())
                 .await?,
         )
     }

@@ -129,7 +129,7 @@ impl RuleRepository for Rules<'_> {
                 rules::global_limit.eq(new.global_limit),
             ))
             .returning(Rule::as_returning())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?)
     }
 
@@ -137,7 +137,7 @@ impl RuleRepository for Rules<'_> {
         Ok(rules::table
             .filter(rules::id.eq(id))
             .select(Rule::as_select())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?)
     }
 
@@ -146,7 +146,7 @@ impl RuleRepository for Rules<'_> {
             .filter(rules::campaign_id.eq(campaign_id))
             .order((rules::created_at, rules::id))
             .select(Rule::as_select())
-            .load(self.0.conn())
+            .load(self.0.db())
             .await?)
     }
 
@@ -162,7 +162,7 @@ impl RuleRepository for Rules<'_> {
             .filter(rules::campaign_id.eq_any(running))
             .order((rules::created_at, rules::id))
             .select(Rule::as_select())
-            .load(self.0.conn())
+            .load(self.0.db())
             .await?)
     }
 
@@ -170,7 +170,7 @@ impl RuleRepository for Rules<'_> {
         let updated = diesel::update(rules::table.filter(rules::id.eq(id)))
             .set(rules::active.eq(active))
             .returning(Rule::as_returning())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?;
         let action = if active {
             "rule.activated"
@@ -187,7 +187,7 @@ impl RuleRepository for Rules<'_> {
             .filter(issuances::issued_at.ge(since))
             .filter(issuances::status.ne("cancelled"))
             .count()
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?)
     }
 
@@ -205,7 +205,7 @@ impl RuleRepository for Rules<'_> {
             .filter(issuances::customer_id.eq(customer_id))
             .filter(not_cancelled)
             .count()
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?)
     }
 }

@@ -136,7 +136,7 @@ impl StaffUserRepository for StaffUsers<'_> {
                 staff_users::pwd_hash.eq(new.pwd_hash),
             ))
             .returning(StaffUser::as_returning())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?)
     }
 
@@ -144,7 +144,7 @@ impl StaffUserRepository for StaffUsers<'_> {
         Ok(staff_users::table
             .filter(staff_users::id.eq(id))
             .select(StaffUser::as_select())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?)
     }
 
@@ -153,7 +153,7 @@ impl StaffUserRepository for StaffUsers<'_> {
         Ok(staff_users::table
             .filter(lower(staff_users::email).eq(lower(email)))
             .select(StaffUser::as_select())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await
             .optional()?)
     }
@@ -165,7 +165,7 @@ impl StaffUserRepository for StaffUsers<'_> {
             .limit(limit)
             .offset(i64::from(page.offset))
             .select(StaffUser::as_select())
-            .load(self.0.conn())
+            .load(self.0.db())
             .await?)
     }
 
@@ -173,7 +173,7 @@ impl StaffUserRepository for StaffUsers<'_> {
         let updated = diesel::update(staff_users::table.filter(staff_users::id.eq(id)))
             .set(staff_users::role.eq(role))
             .returning(StaffUser::as_returning())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?;
         audit_logs::record(
             self.0,

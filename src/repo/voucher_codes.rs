@@ -117,7 +117,7 @@ impl VoucherCodes<'_> {
         let current = voucher_codes::table
             .filter(voucher_codes::id.eq(id))
             .select(voucher_codes::status)
-            .get_result::<VoucherStatus>(self.0.conn())
+            .get_result::<VoucherStatus>(self.0.db())
             .await;
         match current {
             Ok(status) => Error::VoucherCodeStatus { status, required },
@@ -153,7 +153,7 @@ impl VoucherCodeRepository for VoucherCodes<'_> {
             .bind::<SqlUuid, _>(reward_id)
             .bind::<Array<SqlUuid>, _>(&ids)
             .bind::<Array<Text>, _>(chunk)
-            .execute(self.0.conn())
+            .execute(self.0.db())
             .await?;
             report.inserted += inserted as u64;
             if inserted < chunk.len() {
@@ -168,7 +168,7 @@ impl VoucherCodeRepository for VoucherCodes<'_> {
                 .bind::<SqlUuid, _>(tenant)
                 .bind::<Array<SqlUuid>, _>(&ids)
                 .bind::<Array<Text>, _>(chunk)
-                .load(self.0.conn())
+                .load(self.0.db())
                 .await?;
                 report
                     .duplicates
@@ -195,7 +195,7 @@ impl VoucherCodeRepository for VoucherCodes<'_> {
         .bind::<SqlUuid, _>(tenant)
         .bind::<SqlUuid, _>(reward_id)
         .bind::<SqlUuid, _>(issuance_id)
-        .get_result(self.0.conn())
+        .get_result(self.0.db())
         .await
         .optional()?
         .ok_or(Error::Refused(Refusal::NoCodesAvailable))
@@ -212,7 +212,7 @@ impl VoucherCodeRepository for VoucherCodes<'_> {
             voucher_codes::issued_at.eq(diesel::dsl::sql::<Nullable<Timestamptz>>("now()")),
         ))
         .returning(VoucherCode::as_returning())
-        .get_result(self.0.conn())
+        .get_result(self.0.db())
         .await
         .optional()?;
         match issued {
@@ -229,7 +229,7 @@ impl VoucherCodeRepository for VoucherCodes<'_> {
         )
         .set(voucher_codes::status.eq(VoucherStatus::Invalid))
         .returning(VoucherCode::as_returning())
-        .get_result(self.0.conn())
+        .get_result(self.0.db())
         .await
         .optional()?;
         match withdrawn {
@@ -243,7 +243,7 @@ impl VoucherCodeRepository for VoucherCodes<'_> {
             .filter(voucher_codes::reward_id.eq(reward_id))
             .filter(voucher_codes::code.eq(code))
             .select(VoucherCode::as_select())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await
             .optional()?)
     }
@@ -253,7 +253,7 @@ impl VoucherCodeRepository for VoucherCodes<'_> {
             .filter(voucher_codes::reward_id.eq(reward_id))
             .group_by(voucher_codes::status)
             .select((voucher_codes::status, diesel::dsl::count_star()))
-            .load(self.0.conn())
+            .load(self.0.db())
             .await?;
         let mut counts = StatusCounts::default();
         for (status, n) in rows {

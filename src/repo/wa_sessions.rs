@@ -94,7 +94,7 @@ impl WaSessionRepository for WaSessions<'_> {
                 wa_sessions::last_msg_at.eq(diesel::dsl::now),
             ))
             .returning(WaSession::as_returning())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?)
     }
 
@@ -102,7 +102,7 @@ impl WaSessionRepository for WaSessions<'_> {
         Ok(wa_sessions::table
             .filter(wa_sessions::wa_id.eq(wa_id))
             .select(WaSession::as_select())
-            .get_result(self.0.conn())
+            .get_result(self.0.db())
             .await?)
     }
 
@@ -115,7 +115,7 @@ impl WaSessionRepository for WaSessions<'_> {
                     wa_sessions::last_msg_at.eq(diesel::dsl::now),
                 ))
                 .returning(WaSession::as_returning())
-                .get_result(self.0.conn())
+                .get_result(self.0.db())
                 .await?,
         )
     }
