@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use loyalty_store::prelude::*;
+use loyalty_store::repo::customers::Customer;
 use loyalty_store::schema::customers;
 use loyalty_store::testing::{TestDb, pg_tool};
 use loyalty_store::{Config, Recycling};
@@ -23,8 +24,6 @@ use common::median;
 const CUSTOMERS: u32 = 10_000;
 const ROUNDS: usize = 5;
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/sql/guard_read.sql");
-
-type Row = (CustomerId, String, String);
 
 fn phone(n: u32) -> String {
     format!("+1555{n:07}")
@@ -71,11 +70,11 @@ async fn measure(
             while Instant::now() < end {
                 let wanted = phone(random_customer(&mut seed));
                 let started = Instant::now();
+                // The repository's query: row-level security adds the tenant.
                 let query = customers::table
-                    .filter(customers::tenant_id.eq(tenant))
                     .filter(customers::phone_e164.eq(wanted.clone()))
-                    .select((customers::id, customers::phone_e164, customers::status));
-                let row: Row = match mode {
+                    .select(Customer::as_select());
+                let row: Customer = match mode {
                     Mode::Guard => {
                         let mut tx = store.tenant(tenant).await.unwrap();
                         let row = query.get_result(tx.conn()).await.unwrap();
@@ -86,16 +85,17 @@ async fn measure(
                         let mut tx = store.tenant(tenant).await.unwrap();
                         let customer = tx.customers().find_by_phone(&wanted).await.unwrap();
                         tx.commit().await.unwrap();
-                        let customer = customer.expect("every phone exists");
-                        (
-                            customer.id,
-                            customer.phone_e164,
-                            customer.status.to_string(),
-                        )
+                        customer.expect("every phone exists")
                     }
                     Mode::Plain => {
                         let mut conn = store.raw_connection().await.unwrap();
-                        query.get_result(&mut *conn).await.unwrap()
+                        customers::table
+                            .filter(customers::tenant_id.eq(tenant))
+                            .filter(customers::phone_e164.eq(wanted))
+                            .select(Customer::as_select())
+                            .get_result(&mut *conn)
+                            .await
+                            .unwrap()
                     }
                 };
                 std::hint::black_box(row);
