@@ -19,7 +19,7 @@ use loyalty_store::schema::customers;
 use loyalty_store::testing::{TestDb, pg_tool};
 use loyalty_store::{Config, Recycling};
 
-use common::median;
+use common::{median, tenant_proof};
 
 const CUSTOMERS: u32 = 10_000;
 const ROUNDS: usize = 5;
@@ -117,7 +117,7 @@ async fn measure(
     }
 }
 
-fn pgbench(url: &str, tenant: TenantId, clients: u32, run: Duration) -> f64 {
+fn pgbench(url: &str, tenant: TenantId, proof: &str, clients: u32, run: Duration) -> f64 {
     let out = Command::new(pg_tool("pgbench"))
         .args([
             "-n",
@@ -133,6 +133,8 @@ fn pgbench(url: &str, tenant: TenantId, clients: u32, run: Duration) -> f64 {
             &run.as_secs().to_string(),
             "-D",
             &format!("tenant={tenant}"),
+            "-D",
+            &format!("proof={proof}"),
             "-f",
             SCRIPT,
             url,
@@ -184,6 +186,7 @@ async fn main() {
         .unwrap();
     tx.commit().await.unwrap();
 
+    let proof = tenant_proof(db.store(), tenant).await;
     println!(
         "point read of one customer by phone, {CUSTOMERS} customers: \
          {ROUNDS} rounds of {}s per path, alternating, median shown",
@@ -224,7 +227,7 @@ async fn main() {
         let mut floors = Vec::new();
         let mut rounds: Vec<Vec<Measured>> = paths.iter().map(|_| Vec::new()).collect();
         for _ in 0..ROUNDS {
-            floors.push(pgbench(db.url(), tenant, workers, run));
+            floors.push(pgbench(db.url(), tenant, &proof, workers, run));
             for ((_, mode, _), (store, measured)) in
                 paths.iter().zip(stores.iter().zip(rounds.iter_mut()))
             {

@@ -33,7 +33,7 @@ use serde_json::json;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 
-use common::median;
+use common::{median, tenant_proof};
 
 const CUSTOMERS: usize = 1000;
 const ROUNDS: usize = 5;
@@ -42,6 +42,8 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/sql/issue.sql
 
 struct Setup {
     tenant: TenantId,
+    /// What the guard sends with the tenant, for pgbench to send too.
+    proof: String,
     rule: RuleId,
     /// Same campaign, a reward with voucher codes and a per-customer limit:
     /// the batch's heaviest path.
@@ -103,6 +105,7 @@ async fn setup(store: &Store) -> Setup {
     tx.commit().await.unwrap();
     Setup {
         tenant,
+        proof: tenant_proof(store, tenant).await,
         rule,
         coded_rule,
         customers,
@@ -183,6 +186,8 @@ fn pgbench_issuances(db: &TestDb, s: &Setup, clients: usize, run: Duration) -> M
         .args([
             "-D",
             &format!("tenant={}", s.tenant),
+            "-D",
+            &format!("proof={}", s.proof),
             "-D",
             &format!("rule={}", s.rule),
             db.url(),
@@ -265,6 +270,7 @@ async fn import_with_crate(
 async fn import_with_binary_copy(
     url: &str,
     tenant: TenantId,
+    proof: &str,
     reward: RewardId,
     codes: &[String],
 ) -> Duration {
@@ -274,9 +280,13 @@ async fn import_with_binary_copy(
         .unwrap();
     tokio::spawn(connection);
     let tx = client.transaction().await.unwrap();
+    // loyalty_app may not create temporary tables: the staging table is
+    // made before the role switch and handed over.
     tx.batch_execute(&format!(
-        "SELECT set_config('role', 'loyalty_app', true), set_config('app.tenant_id', '{tenant}', true); \
-         CREATE TEMP TABLE staged_codes (id uuid, code text) ON COMMIT DROP"
+        "CREATE TEMP TABLE staged_codes (id uuid, code text) ON COMMIT DROP; \
+         GRANT SELECT, INSERT ON staged_codes TO loyalty_app; \
+         SELECT set_config('role', 'loyalty_app', true), set_config('app.tenant_id', '{tenant}', true), \
+                set_config('app.tenant_proof', '{proof}', true)"
     ))
     .await
     .unwrap();
@@ -449,7 +459,9 @@ async fn main() {
                     psql.push(import_with_psql_copy(db.url(), file.path()));
                 }
                 1 => unnest.push(import_with_crate(&store, s.tenant, reward, &codes).await),
-                _ => binary.push(import_with_binary_copy(db.url(), s.tenant, reward, &codes).await),
+                _ => binary.push(
+                    import_with_binary_copy(db.url(), s.tenant, &s.proof, reward, &codes).await,
+                ),
             }
         }
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use url::Url;
 
 use crate::error::{Error, Result};
+use crate::guard_key::GuardKey;
 
 /// How the pool checks a connection when it is checked out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +49,14 @@ pub struct Config {
     pub statement_timeout: Option<Duration>,
     pub prepared_statements: bool,
     pub recycling: Recycling,
+    /// Where [`crate::Store::migrate`] connects, and where the guard key is
+    /// read: a role that owns the crate's objects. `None`: the store's own
+    /// login.
+    pub migrator_url: Option<String>,
+    /// The guard key (see [`GuardKey`]), for a service that may not read it
+    /// itself. `None`: read through `migrator_url`, or the store's login, at
+    /// the first guard.
+    pub guard_key: Option<GuardKey>,
 }
 
 const DEFAULT_CONNECT_TIMEOUT_SECS: &str = "5";
@@ -69,6 +78,8 @@ impl Config {
             statement_timeout: Some(Duration::from_millis(30_000)),
             prepared_statements: true,
             recycling: Recycling::Fast,
+            migrator_url: None,
+            guard_key: None,
         };
         let mut passthrough = Vec::new();
         let mut has_connect_timeout = false;
@@ -143,6 +154,18 @@ impl Config {
     /// Chooses the checkout check.
     pub fn with_recycling(mut self, recycling: Recycling) -> Self {
         self.recycling = recycling;
+        self
+    }
+
+    /// Sets the URL [`crate::Store::migrate`] and the guard key's reader use.
+    pub fn with_migrator_url(mut self, url: impl Into<String>) -> Self {
+        self.migrator_url = Some(url.into());
+        self
+    }
+
+    /// Gives the guard key, so the store never reads it from the database.
+    pub fn with_guard_key(mut self, key: GuardKey) -> Self {
+        self.guard_key = Some(key);
         self
     }
 }

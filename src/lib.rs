@@ -3,6 +3,7 @@
 mod config;
 pub mod demo;
 mod error;
+mod guard_key;
 pub mod ids;
 mod invalid;
 mod migrate;
@@ -23,6 +24,7 @@ mod validate;
 
 pub use config::{Config, Recycling};
 pub use error::{Error, Result};
+pub use guard_key::GuardKey;
 pub use ids::*;
 pub use invalid::InvalidValue;
 pub use migrate::{MIGRATIONS, SQL_LAYER_SCHEMA};

@@ -70,7 +70,11 @@ impl Store {
     /// this build has never heard of, older than its own (a pre-release
     /// build's), is refused with [`Error::Migration`].
     pub async fn migrate(&self) -> Result<Vec<String>> {
-        let url = self.config().database_url.clone();
+        let config = self.config();
+        let url = config
+            .migrator_url
+            .clone()
+            .unwrap_or_else(|| config.database_url.clone());
         tokio::task::spawn_blocking(move || run_locked(&url))
             .await
             .map_err(|e| Error::Migration(format!("migration task failed: {e}")))?

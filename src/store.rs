@@ -4,15 +4,19 @@
 use std::sync::Arc;
 
 use diesel::connection::CacheSize;
+use diesel::sql_types::Bytea;
+use diesel_async::RunQueryDsl;
 use diesel_async::pooled_connection::bb8::Pool;
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::FutureExt;
+use tokio::sync::OnceCell;
 
 use crate::config::{Config, Recycling};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::guard_key::GuardKey;
 use crate::ids::TenantId;
 use crate::tenant::{Actor, TenantConn};
 
@@ -34,6 +38,7 @@ pub struct Store {
     pool: PgPool,
     config: Config,
     session_reset: Arc<str>,
+    guard_key: Arc<OnceCell<GuardKey>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -51,6 +56,16 @@ pub struct PoolStatus {
     pub connections: u32,
     pub idle: u32,
     pub max_size: u32,
+}
+
+async fn read_guard_key(conn: &mut AsyncPgConnection) -> Result<GuardKey> {
+    let key: Vec<u8> = diesel::dsl::sql::<Bytea>("SELECT key FROM loyalty_secret.guard_key")
+        .get_result(conn)
+        .await?;
+    let bytes: [u8; 32] = key
+        .try_into()
+        .map_err(|_| Error::Config("the guard key is not 32 bytes".into()))?;
+    Ok(GuardKey::from_bytes(bytes))
 }
 
 /// What a session looks like when a guard ends: every setting back to the
@@ -108,6 +123,7 @@ impl Store {
             .await?;
         Ok(Store {
             pool,
+            guard_key: Arc::new(OnceCell::new()),
             config,
             session_reset,
         })
@@ -132,8 +148,34 @@ impl Store {
     /// Opens a unit of work for one tenant on behalf of `actor`, whom audited
     /// writes record.
     pub async fn tenant_as(&self, tenant: TenantId, actor: Actor) -> Result<TenantConn> {
+        let proof = self.guard_key().await?.proof(tenant);
         let conn = self.pool.get_owned().await?;
-        TenantConn::begin(conn, tenant, actor, self.session_reset.clone()).await
+        TenantConn::begin(conn, tenant, actor, self.session_reset.clone(), &proof).await
+    }
+
+    /// The guard key: from the configuration, or read once, through the
+    /// migrator's URL when one is set, else through the store's own login.
+    async fn guard_key(&self) -> Result<&GuardKey> {
+        self.guard_key
+            .get_or_try_init(|| async {
+                if let Some(key) = &self.config.guard_key {
+                    return Ok(key.clone());
+                }
+                let stored = match &self.config.migrator_url {
+                    Some(url) => {
+                        read_guard_key(&mut AsyncPgConnection::establish(url).await?).await
+                    }
+                    None => read_guard_key(&mut *self.pool.get().await?).await,
+                };
+                stored.map_err(|e| {
+                    Error::Config(format!(
+                        "cannot read the guard key from loyalty_secret.guard_key ({e}); give the \
+                         store the migrator's URL (Config::with_migrator_url) or the key \
+                         (Config::with_guard_key), and run migrate() first"
+                    ))
+                })
+            })
+            .await
     }
 
     /// The pool, for crate modules that need a plain login-role connection.

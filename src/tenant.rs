@@ -1,11 +1,15 @@
 //! [`TenantConn`]: the RAII guard that puts one tenant's context on a pooled
 //! connection for the length of one transaction.
 
-use diesel::connection::TransactionManagerStatus;
+use diesel::connection::{
+    TransactionDepthChange, TransactionManagerStatus, ValidTransactionManagerStatus,
+};
 use diesel::result::Error as DieselError;
+use diesel::sql_types::Text;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::{
-    AnsiTransactionManager, AsyncPgConnection, SimpleAsyncConnection, TransactionManager,
+    AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
+    TransactionManager,
 };
 
 use std::sync::Arc;
@@ -100,33 +104,68 @@ impl std::fmt::Debug for TenantConn {
 }
 
 impl TenantConn {
-    /// `session_reset` is what [`crate::Store`] sends after every guard to
-    /// clear session state the guard's SQL may have left (see
-    /// [`TenantConn::commit`]).
+    /// Opens the guard in one round trip: `BEGIN` with the search path and
+    /// the role, then the tenant with its `proof` (see [`crate::GuardKey`])
+    /// and the tenant check, pipelined. The tenant and proof travel as bind
+    /// parameters, so they never appear in `pg_stat_activity`'s query text,
+    /// which other sessions of the same login can read. `session_reset` is
+    /// what the guard sends when it ends if SQL of the caller's own ran
+    /// (see [`TenantConn::commit`]).
     pub(crate) async fn begin(
         mut conn: Pooled,
         tenant: TenantId,
         actor: Actor,
         session_reset: Arc<str>,
+        proof: &str,
     ) -> Result<Self> {
-        // The uuid is formatted from a typed id, so nothing user-supplied is
-        // spliced into this SQL. pg_temp goes last in the search path, so a
-        // temporary table never shadows one of the crate's.
-        let opening = format!(
-            "BEGIN; \
-             SELECT set_config('search_path', 'public, pg_temp', true), \
-                    set_config('role', 'loyalty_app', true), \
-                    set_config('app.tenant_id', '{tenant}', true); \
-             SELECT loyalty.assert_tenant_active()"
-        );
-        if let Err(err) = AnsiTransactionManager::begin_transaction_sql(&mut *conn, &opening).await
-        {
-            // The manager did not count the transaction, but the server may be
-            // inside a failed one. Clear it, or make the pool drop the connection.
-            if conn.batch_execute("ROLLBACK").await.is_err() {
-                mark_broken(&mut conn);
+        // Until the guard is open, a connection whose opening was cancelled
+        // half-way (its future dropped) is one the pool must discard.
+        mark_broken(&mut conn);
+        let tenant_text = tenant.to_string();
+        let (begun, context) = {
+            let (mut for_begin, mut for_context): (&AsyncPgConnection, &AsyncPgConnection) =
+                (&conn, &conn);
+            tokio::join!(
+                // Polled, and so sent, in this order. pg_temp goes last in
+                // the search path, so a temporary table never shadows one of
+                // the crate's.
+                biased;
+                for_begin.batch_execute(
+                    "BEGIN; SELECT set_config('search_path', 'public, pg_temp', true), \
+                                   set_config('role', 'loyalty_app', true)"
+                ),
+                // One statement, so the context is in place before the check
+                // even when the statement is first prepared (a round trip of
+                // its own). OFFSET 0 keeps the settings in a subquery that
+                // runs first.
+                diesel::sql_query(
+                    "SELECT loyalty.assert_tenant_active() \
+                       FROM (SELECT set_config('app.tenant_id', $1, true) AS tenant, \
+                                    set_config('app.tenant_proof', $2, true) AS proof \
+                             OFFSET 0) AS context"
+                )
+                .bind::<Text, _>(&tenant_text)
+                .bind::<Text, _>(proof)
+                .execute(&mut for_context),
+            )
+        };
+        let outcome = begun.and(context.map(drop));
+        let status = AnsiTransactionManager::transaction_manager_status_mut(&mut *conn);
+        match outcome {
+            Ok(()) => {
+                let mut open = ValidTransactionManagerStatus::default();
+                open.change_transaction_depth(TransactionDepthChange::IncreaseDepth)?;
+                *status = TransactionManagerStatus::Valid(open);
             }
-            return Err(err.into());
+            Err(err) => {
+                // The server may be inside a (failed) transaction: end it, or
+                // leave the connection marked for the pool to discard.
+                if conn.batch_execute("ROLLBACK").await.is_ok() {
+                    *AnsiTransactionManager::transaction_manager_status_mut(&mut *conn) =
+                        TransactionManagerStatus::Valid(Default::default());
+                }
+                return Err(err.into());
+            }
         }
         Ok(TenantConn {
             conn: Some(conn),

@@ -9,6 +9,7 @@ DROP FUNCTION is_json_object(jsonb);
 DROP FUNCTION is_e164(text);
 DROP FUNCTION is_iso4217(text);
 DROP FUNCTION current_tenant_id();
+DROP SCHEMA loyalty_secret CASCADE;
 DO $$
 BEGIN
     EXECUTE format('REVOKE USAGE ON SCHEMA %I FROM loyalty_app', current_schema());

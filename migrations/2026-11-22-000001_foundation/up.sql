@@ -27,11 +27,61 @@ BEGIN
 END
 $$;
 
--- NULLIF makes a cleared context ('' after a transaction-local set_config ends)
--- read as "no tenant", so every policy fails closed.
+-- The key that proves a tenant context was set by the crate's guard, not by
+-- SQL sent through it. Only its owner (the migrator) can read it: neither
+-- loyalty_app nor PUBLIC has USAGE on this schema. The pads are the key
+-- XORed with HMAC's ipad and opad, so the check below is HMAC-SHA256 with
+-- two sha256() calls and no extension.
+CREATE SCHEMA loyalty_secret;
+CREATE TABLE loyalty_secret.guard_key (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    key        bytea NOT NULL CHECK (length(key) = 32),
+    inner_pad  bytea NOT NULL CHECK (length(inner_pad) = 64),
+    outer_pad  bytea NOT NULL CHECK (length(outer_pad) = 64)
+);
+DO $$
+DECLARE
+    key bytea := decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex');
+    padded bytea := key || decode(repeat('00', 32), 'hex');
+    inner_pad bytea := padded;
+    outer_pad bytea := padded;
+BEGIN
+    FOR i IN 0..63 LOOP
+        inner_pad := set_byte(inner_pad, i, get_byte(padded, i) # 54);   -- 0x36
+        outer_pad := set_byte(outer_pad, i, get_byte(padded, i) # 92);   -- 0x5c
+    END LOOP;
+    INSERT INTO loyalty_secret.guard_key (key, inner_pad, outer_pad)
+    VALUES (key, inner_pad, outer_pad);
+END
+$$;
+
+-- The tenant in context: app.tenant_id, but only when app.tenant_proof is
+-- its HMAC under the guard key. SQL sent through a guard can set both
+-- settings, but cannot compute the proof for another tenant, so a forged
+-- context reads as "no tenant" and every policy fails closed. SECURITY
+-- DEFINER to read the key; every name is schema-qualified, so nothing on the
+-- caller's search path can stand in for one. Policies call it as
+-- (SELECT current_tenant_id()): once per statement.
 CREATE FUNCTION current_tenant_id() RETURNS uuid
-    LANGUAGE sql STABLE PARALLEL SAFE
-    AS $$ SELECT NULLIF(current_setting('app.tenant_id', true), '')::uuid $$;
+    LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL SAFE
+    AS $$
+DECLARE
+    claimed pg_catalog.text := pg_catalog.current_setting('app.tenant_id', true);
+    proof pg_catalog.text := pg_catalog.current_setting('app.tenant_proof', true);
+    pads record;
+BEGIN
+    IF claimed IS NULL OR claimed OPERATOR(pg_catalog.=) '' OR proof IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT inner_pad, outer_pad INTO pads FROM loyalty_secret.guard_key;
+    IF pg_catalog.encode(pg_catalog.sha256(pads.outer_pad OPERATOR(pg_catalog.||)
+           pg_catalog.sha256(pads.inner_pad OPERATOR(pg_catalog.||)
+               pg_catalog.convert_to(claimed, 'UTF8'))), 'hex') OPERATOR(pg_catalog.=) proof THEN
+        RETURN claimed::pg_catalog.uuid;
+    END IF;
+    RETURN NULL;
+END
+$$;
 
 -- Active ISO 4217 codes. Keep in sync with `Currency` in src/money.rs; a test
 -- compares the two lists. plpgsql rather than SQL: a CHECK calling an SQL
@@ -62,8 +112,8 @@ BEGIN
     EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
     EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', tbl);
     EXECUTE format('CREATE POLICY tenant_isolation ON %s '
-                   'USING (tenant_id = current_tenant_id()) '
-                   'WITH CHECK (tenant_id = current_tenant_id())', tbl);
+                   'USING (tenant_id = (SELECT current_tenant_id())) '
+                   'WITH CHECK (tenant_id = (SELECT current_tenant_id()))', tbl);
 END
 $$;
 
@@ -82,5 +132,5 @@ CREATE TABLE tenants (
 -- loyalty_app sees only the row of the tenant it is acting for.
 ALTER TABLE tenants ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tenant_self ON tenants TO loyalty_app
-    USING (id = current_tenant_id());
+    USING (id = (SELECT current_tenant_id()));
 GRANT SELECT ON tenants TO loyalty_app;

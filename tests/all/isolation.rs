@@ -210,19 +210,22 @@ async fn loyalty_app_sees_only_its_own_tenant_row() {
 }
 
 /// The seed's `999_test_rls.sql`, with tenants provisioned by the platform
-/// scope and the check itself run as `loyalty_app`.
+/// scope, the check itself run as `loyalty_app`, and each tenant context
+/// carrying its proof, as the guard's does.
 const SEED_RLS_TEST: &str = r#"
 DO $$
 DECLARE
   tenant1_id uuid := current_setting('test.tenant1')::uuid;
   tenant2_id uuid := current_setting('test.tenant2')::uuid;
 BEGIN
-  PERFORM set_config('app.tenant_id', tenant1_id::text, true);
+  PERFORM set_config('app.tenant_id', tenant1_id::text, true),
+          set_config('app.tenant_proof', current_setting('test.proof1'), true);
   INSERT INTO customers (tenant_id, phone_e164) VALUES (tenant1_id, '+26377111111');
   IF (SELECT COUNT(*) FROM customers) != 1 THEN
     RAISE EXCEPTION 'RLS test failed: saw customers from other tenants';
   END IF;
-  PERFORM set_config('app.tenant_id', tenant2_id::text, true);
+  PERFORM set_config('app.tenant_id', tenant2_id::text, true),
+          set_config('app.tenant_proof', current_setting('test.proof2'), true);
   IF (SELECT COUNT(*) FROM customers) != 0 THEN
     RAISE EXCEPTION 'RLS test failed: tenant2 saw tenant1 customers';
   END IF;
@@ -240,9 +243,18 @@ async fn run_seed_rls_test(store: &Store, role: &str) -> Result<()> {
         .await?
         .id;
     let mut conn = store.raw_connection().await?;
+    let proof = |tenant: TenantId| {
+        format!(
+            "encode(sha256(outer_pad || sha256(inner_pad || convert_to('{tenant}', 'UTF8'))), 'hex')"
+        )
+    };
     let setup = format!(
-        "SET LOCAL ROLE {role}; SELECT set_config('test.tenant1', '{t1}', true), \
-         set_config('test.tenant2', '{t2}', true);"
+        "SELECT set_config('test.tenant1', '{t1}', true), set_config('test.tenant2', '{t2}', true), \
+                set_config('test.proof1', {}, true), set_config('test.proof2', {}, true) \
+           FROM loyalty_secret.guard_key; \
+         SET LOCAL ROLE {role};",
+        proof(t1),
+        proof(t2)
     );
     conn.transaction(async |conn| {
         conn.batch_execute(&setup).await?;

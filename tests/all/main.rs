@@ -2,6 +2,7 @@
 //! PostgreSQL server (each test still gets a database of its own).
 
 mod analytics;
+mod context;
 mod demo;
 mod guard;
 mod isolation;

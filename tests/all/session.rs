@@ -9,40 +9,9 @@ use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use loyalty_store::prelude::*;
 use loyalty_store::testing::{CampaignFixture, TestDb};
 
-use crate::support::{assert_books_balance, budget, issue, money};
-
-/// A login that owns nothing and can only become `loyalty_app`, created once
-/// per server (roles are cluster-wide).
-async fn service_login(db: &TestDb) -> Store {
-    let mut admin = db.store().raw_connection().await.unwrap();
-    admin
-        .batch_execute(
-            "DO $$ BEGIN \
-               CREATE ROLE loyalty_test_service LOGIN NOINHERIT NOSUPERUSER NOBYPASSRLS \
-                 IN ROLE loyalty_app; \
-             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$",
-        )
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(db.url()).unwrap();
-    url.set_username("loyalty_test_service").unwrap();
-    single_connection(url.as_str()).await
-}
-
-async fn single_connection(url: &str) -> Store {
-    Store::connect(Config::from_url(url).unwrap().with_pool_size(1))
-        .await
-        .unwrap()
-}
-
-/// Both logins, each with a pool of one connection, so every guard reuses
-/// the connection the one before it left.
-async fn logins(db: &TestDb) -> Vec<(&'static str, Store)> {
-    vec![
-        ("superuser", single_connection(db.url()).await),
-        ("service", service_login(db).await),
-    ]
-}
+use crate::support::{
+    assert_books_balance, budget, issue, logins, money, service_login, single_connection,
+};
 
 async fn text(tx: &mut TenantConn, expression: &str) -> String {
     diesel::select(sql::<Text>(expression))

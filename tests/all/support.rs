@@ -2,10 +2,10 @@
 //! [`loyalty_store::testing::CampaignFixture`].
 
 use bigdecimal::BigDecimal;
-use diesel_async::RunQueryDsl;
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use loyalty_store::prelude::*;
 use loyalty_store::repo::budgets::Budget;
-use loyalty_store::testing::CampaignFixture;
+use loyalty_store::testing::{CampaignFixture, TestDb};
 
 pub async fn customers(store: &Store, tenant: TenantId, n: usize) -> Vec<CustomerId> {
     let mut tx = store.tenant(tenant).await.unwrap();
@@ -117,4 +117,42 @@ pub async fn wait_for_lock_waiters(store: &Store, locktype: &str, count: i64) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+}
+
+/// A login that owns nothing and can only become `loyalty_app`, created once
+/// per server (roles are cluster-wide).
+pub async fn service_login(db: &TestDb) -> Store {
+    let mut admin = db.store().raw_connection().await.unwrap();
+    admin
+        .batch_execute(
+            "DO $$ BEGIN \
+               CREATE ROLE loyalty_test_service LOGIN NOINHERIT NOSUPERUSER NOBYPASSRLS \
+                 IN ROLE loyalty_app; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$",
+        )
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(db.url()).unwrap();
+    url.set_username("loyalty_test_service").unwrap();
+    // It may not read the guard key: the migrator's URL does that.
+    let config = Config::from_url(url.as_str())
+        .unwrap()
+        .with_pool_size(1)
+        .with_migrator_url(db.url());
+    Store::connect(config).await.unwrap()
+}
+
+pub async fn single_connection(url: &str) -> Store {
+    Store::connect(Config::from_url(url).unwrap().with_pool_size(1))
+        .await
+        .unwrap()
+}
+
+/// Both logins, each with a pool of one connection, so every guard reuses
+/// the connection the one before it left.
+pub async fn logins(db: &TestDb) -> Vec<(&'static str, Store)> {
+    vec![
+        ("superuser", single_connection(db.url()).await),
+        ("service", service_login(db).await),
+    ]
 }
