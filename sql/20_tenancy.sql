@@ -15,3 +15,18 @@ BEGIN
     END IF;
 END
 $$;
+
+-- The guard's tenant context, set and checked in one statement the client
+-- can prepare once per connection: the tenant with its proof (see
+-- current_tenant_id()), then the tenant check. Anyone may call it; only the
+-- guard knows a proof that makes the context count.
+CREATE FUNCTION loyalty.enter_tenant(p_tenant text, p_proof text) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM pg_catalog.set_config('app.tenant_id', p_tenant, true),
+            pg_catalog.set_config('app.tenant_proof', p_proof, true);
+    PERFORM loyalty.assert_tenant_active();
+    RETURN true;
+END
+$$;

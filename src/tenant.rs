@@ -18,6 +18,11 @@ use crate::error::{Error, Result};
 use crate::ids::{CustomerId, StaffUserId, TenantId};
 use serde::{Deserialize, Serialize};
 
+diesel::define_sql_function! {
+    #[sql_name = "loyalty.enter_tenant"]
+    fn enter_tenant(tenant: Text, proof: Text) -> Bool;
+}
+
 type Pooled = bb8::PooledConnection<'static, AsyncDieselConnectionManager<AsyncPgConnection>>;
 
 /// One tenant's unit of work: a pooled connection inside a transaction that
@@ -134,18 +139,8 @@ impl TenantConn {
                     "BEGIN; SELECT set_config('search_path', 'public, pg_temp', true), \
                                    set_config('role', 'loyalty_app', true)"
                 ),
-                // One statement, so the context is in place before the check
-                // even when the statement is first prepared (a round trip of
-                // its own). OFFSET 0 keeps the settings in a subquery that
-                // runs first.
-                diesel::sql_query(
-                    "SELECT loyalty.assert_tenant_active() \
-                       FROM (SELECT set_config('app.tenant_id', $1, true) AS tenant, \
-                                    set_config('app.tenant_proof', $2, true) AS proof \
-                             OFFSET 0) AS context"
-                )
-                .bind::<Text, _>(&tenant_text)
-                .bind::<Text, _>(proof)
+                // One statement, prepared once per connection.
+                diesel::select(enter_tenant(&tenant_text, proof))
                 .execute(&mut for_context),
             )
         };
