@@ -53,9 +53,10 @@ type Pooled = bb8::PooledConnection<'static, AsyncDieselConnectionManager<AsyncP
 /// # Ok(()) }
 /// ```
 ///
-/// Do not send `COMMIT`, `ROLLBACK` or `RESET ROLE` through [`conn`](TenantConn::conn):
-/// that would end the isolation before the guard does. Nested
-/// `conn.transaction(..)` calls are fine; they become savepoints.
+/// Do not send `COMMIT` or `ROLLBACK` through [`conn`](TenantConn::conn): that
+/// would end the guard's transaction behind its back. Nested
+/// `conn.transaction(..)` calls are fine; they become savepoints. What SQL
+/// sent through it can and cannot do is on [`TenantConn::conn`].
 pub struct TenantConn {
     conn: Option<Pooled>,
     tenant: TenantId,
@@ -184,8 +185,20 @@ impl TenantConn {
     /// The connection, for diesel queries of your own. Everything run on it is
     /// part of this guard's transaction and sees only this tenant's rows.
     ///
-    /// A guard whose connection was handed out this way resets the session
-    /// when it ends (see [`TenantConn::commit`]).
+    /// What SQL sent here cannot do, whatever it is (an injection included),
+    /// when the store's login is a service login that owns nothing and is a
+    /// plain member of `loyalty_app`:
+    /// - act for another tenant: setting `app.tenant_id` (or any other
+    ///   setting) without the guard's proof puts no tenant in context, and
+    ///   the guard key cannot be read;
+    /// - leave anything for the next guard on this connection: the session is
+    ///   reset when this guard ends;
+    /// - create temporary tables, or make one stand in for a crate table.
+    ///
+    /// What it still can, until the work on logins and column privileges is
+    /// done: with a superuser or table-owner login, `RESET ROLE` and with it
+    /// every protection; with any login, write budget figures, rule counters
+    /// and statuses directly, which `verify_ledger` then reports.
     pub fn conn(&mut self) -> &mut AsyncPgConnection {
         self.raw = true;
         self.db()
