@@ -296,3 +296,37 @@ async fn works_on_the_current_thread_runtime() {
     tx.commit().await.unwrap();
     assert_eq!(customer_count(store, acme).await, 1);
 }
+
+/// Behind PgBouncer in transaction mode the statement cache is off: the
+/// guard's opening, its own queries and the money path work the same.
+#[tokio::test]
+async fn guards_work_without_the_prepared_statement_cache() {
+    let db = TestDb::new().await;
+    let shop = loyalty_store::testing::CampaignFixture::builder()
+        .customers(1)
+        .create(db.store())
+        .await
+        .unwrap();
+    let config = Config::from_url(db.url())
+        .unwrap()
+        .with_pool_size(1)
+        .with_prepared_statements(false);
+    let store = Store::connect(config).await.unwrap();
+    for round in 0..3 {
+        let mut tx = store.tenant(shop.tenant).await.unwrap();
+        tx.issuances()
+            .issue(NewIssuance {
+                rule_id: shop.rule,
+                customer_id: shop.customers[0],
+                idempotency_key: format!("uncached-{round}"),
+                expires_at: None,
+            })
+            .await
+            .unwrap();
+        add_customer(&mut tx, &format!("+1555888000{round}"))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(customer_count(&store, shop.tenant).await, 4);
+}
