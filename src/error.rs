@@ -122,6 +122,7 @@ fn constraint_of(info: &(dyn DatabaseErrorInformation + Send + Sync)) -> String 
 // else.
 fn is_permission_denied(message: &str) -> bool {
     message.starts_with("permission denied")
+        || message.starts_with("must be owner of")
         || message.starts_with("new row violates row-level security policy")
 }
 

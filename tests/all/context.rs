@@ -112,3 +112,32 @@ async fn the_guard_key_is_out_of_reach_inside_a_guard() {
         );
     }
 }
+
+/// A login that owns nothing gains nothing by leaving the guard's role: as
+/// itself it has no privilege on the crate's tables, and it cannot become
+/// anyone else.
+#[tokio::test]
+async fn a_service_login_that_leaves_the_guards_role_reaches_nothing() {
+    let db = TestDb::new().await;
+    let a = CampaignFixture::builder()
+        .customers(1)
+        .create(db.store())
+        .await
+        .unwrap();
+    let store = crate::support::service_login(&db).await;
+    for escape in [
+        "RESET ROLE; SELECT count(*) FROM customers",
+        "RESET ROLE; UPDATE budgets SET hard_cap = hard_cap + 1000000",
+        "RESET ROLE; ALTER TABLE customers NO FORCE ROW LEVEL SECURITY",
+        "SET ROLE postgres",
+        "SET SESSION AUTHORIZATION postgres",
+        "RESET ROLE; SELECT key FROM loyalty_secret.guard_key",
+    ] {
+        let mut tx = store.tenant(a.tenant).await.unwrap();
+        let outcome = tx.conn().batch_execute(escape).await.map_err(Error::from);
+        assert!(
+            matches!(outcome, Err(Error::PermissionDenied { .. })),
+            "{escape}: {outcome:?}"
+        );
+    }
+}

@@ -2,14 +2,13 @@
 
 use chrono::{Duration, Utc};
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
-use loyalty_store::Config;
 use loyalty_store::prelude::*;
 use loyalty_store::repo::issuances::{BatchOutcome, Issued};
 use loyalty_store::repo::voucher_codes::StatusCounts;
 use loyalty_store::testing::{CampaignFixture, TestDb};
 
 use crate::support::{
-    assert_books_balance, budget, customers, import_codes, issue, issue_to, money,
+    assert_books_balance, budget, customers, import_codes, issue, issue_to, logins, money,
     wait_for_lock_waiters,
 };
 
@@ -516,41 +515,43 @@ async fn a_retry_that_waited_while_its_first_delivery_used_up_the_budget_replays
 #[tokio::test]
 async fn no_setting_makes_an_issuance_skip_its_reservation() {
     let db = TestDb::new().await;
-    let store = Store::connect(Config::from_url(db.url()).unwrap().with_pool_size(1))
-        .await
-        .unwrap();
-    let p = CampaignFixture::builder()
-        .hard_cap(5)
-        .customers(3)
-        .create(&store)
-        .await
-        .unwrap();
-    let mut tx = store.tenant(p.tenant).await.unwrap();
-    tx.conn()
-        .batch_execute("SET SESSION loyalty.batch_reserved = 'on'")
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    // The pool's only connection, still carrying the session setting.
-    issue(&store, &p, p.customers[0], "k").await.unwrap();
-    let mut tx = store.tenant(p.tenant).await.unwrap();
-    tx.conn()
-        .batch_execute(
-            "SELECT set_config('loyalty.batch_reserved', pg_current_xact_id()::text, true)",
-        )
-        .await
-        .unwrap();
-    tx.issuances()
-        .issue(issue_to(&p, p.customers[1], "k2"))
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    assert_eq!(budget(&store, &p).await.reserved, money("5"));
-    assert!(matches!(
-        issue(&store, &p, p.customers[2], "k3").await,
-        Err(Error::Refused(Refusal::BudgetExhausted))
-    ));
-    assert_books_balance(&store, p.tenant).await;
+    for (login, store) in logins(&db).await {
+        let p = CampaignFixture::builder()
+            .hard_cap(5)
+            .customers(3)
+            .create(db.store())
+            .await
+            .unwrap();
+        let mut tx = store.tenant(p.tenant).await.unwrap();
+        tx.conn()
+            .batch_execute("SET SESSION loyalty.batch_reserved = 'on'")
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        // The pool's only connection, where the session setting was made.
+        issue(&store, &p, p.customers[0], "k").await.unwrap();
+        let mut tx = store.tenant(p.tenant).await.unwrap();
+        tx.conn()
+            .batch_execute(
+                "SELECT set_config('loyalty.batch_reserved', pg_current_xact_id()::text, true)",
+            )
+            .await
+            .unwrap();
+        tx.issuances()
+            .issue(issue_to(&p, p.customers[1], "k2"))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(budget(&store, &p).await.reserved, money("5"), "{login}");
+        assert!(
+            matches!(
+                issue(&store, &p, p.customers[2], "k3").await,
+                Err(Error::Refused(Refusal::BudgetExhausted))
+            ),
+            "{login}"
+        );
+        assert_books_balance(&store, p.tenant).await;
+    }
 }
 
 /// Issues to `early` and `late` in two guards open at once, then commits the
