@@ -25,7 +25,7 @@ CREATE FUNCTION loyalty.move_budget(
     p_ref_type text,
     p_ref_id uuid
 ) RETURNS TABLE (refusal jsonb, replayed boolean, hard_cap numeric, reserved numeric, spent numeric)
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     AS $$
 #variable_conflict use_column
 DECLARE

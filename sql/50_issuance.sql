@@ -110,7 +110,7 @@ CREATE FUNCTION loyalty.issue_reward(
     p_idempotency_key text,
     p_expires_at timestamptz
 ) RETURNS jsonb
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -225,7 +225,7 @@ CREATE FUNCTION loyalty.issue_reward_batch(
     p_ids uuid[],
     p_expires_at timestamptz
 ) RETURNS jsonb
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -384,7 +384,7 @@ $$;
 -- Redeeming moves the issuance's reservation into spent. Redeeming twice is
 -- a replay, not an error.
 CREATE FUNCTION loyalty.redeem_issuance(p_id uuid) RETURNS jsonb
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -425,7 +425,7 @@ $$;
 -- the row no longer matches), and that issue takes the budget at commit:
 -- codes before budgets on every path means the two wait, never deadlock.
 CREATE FUNCTION loyalty.end_issuances(p_ids uuid[], p_status text) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -497,7 +497,7 @@ $$;
 
 -- Cancelling twice is a replay; a redeemed or expired issuance stays as it is.
 CREATE FUNCTION loyalty.cancel_issuance(p_id uuid) RETURNS jsonb
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -522,7 +522,7 @@ $$;
 -- Expires up to p_batch issued rewards whose expiry is at or before p_now,
 -- skipping rows another caller holds; returns how many it expired.
 CREATE FUNCTION loyalty.expire_issuances(p_now timestamptz, p_batch integer) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     AS $$
 DECLARE
     due uuid[];

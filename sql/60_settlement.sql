@@ -12,7 +12,7 @@
 -- its batch_id, which is how this trigger knows to skip them: the signal is
 -- on the batch's own rows, not in a setting another statement could set.
 CREATE FUNCTION loyalty.settle_issuance_at_commit() RETURNS trigger
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     AS $$
 DECLARE
     limited_rule uuid;

@@ -161,7 +161,6 @@ pub async fn seed_demo(store: &Store) -> Result<DemoSummary> {
             budgets::id.eq(budget),
             budgets::name.eq("Demo rewards budget"),
             budgets::currency.eq("USD"),
-            budgets::hard_cap.eq(bigdecimal::BigDecimal::from(0)),
         ))
         .on_conflict_do_nothing()
         .execute(conn)

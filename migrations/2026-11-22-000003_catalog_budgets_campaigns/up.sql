@@ -20,7 +20,7 @@ CREATE TABLE budgets (
     id          uuid NOT NULL DEFAULT gen_random_uuid(),
     name        text NOT NULL CHECK (char_length(name) BETWEEN 1 AND 200),
     currency    text NOT NULL CHECK (is_iso4217(currency)),
-    hard_cap    numeric(18, 2) NOT NULL CHECK (hard_cap >= 0),
+    hard_cap    numeric(18, 2) NOT NULL DEFAULT 0 CHECK (hard_cap >= 0),
     reserved    numeric(18, 2) NOT NULL DEFAULT 0,
     spent       numeric(18, 2) NOT NULL DEFAULT 0,
     created_at  timestamptz NOT NULL DEFAULT now(),
@@ -34,7 +34,9 @@ CREATE TABLE budgets (
 -- HOT and their dead versions quick to prune.
 WITH (fillfactor = 10);
 SELECT isolate_by_tenant('budgets');
-GRANT SELECT, INSERT, UPDATE ON budgets TO loyalty_app;
+-- Money moves only through the SQL layer's functions: loyalty_app may name a
+-- budget, never set its figures.
+GRANT SELECT, INSERT (tenant_id, id, name, currency), UPDATE (name) ON budgets TO loyalty_app;
 
 -- Append-only. For every budget, reserved and spent equal what its entries sum to.
 CREATE TABLE ledger_entries (
@@ -64,7 +66,7 @@ CREATE UNIQUE INDEX ledger_entries_settled_once ON ledger_entries (tenant_id, re
     WHERE entry_type IN ('release', 'commit');
 CREATE INDEX ledger_entries_budget_idx ON ledger_entries (tenant_id, budget_id, created_at);
 SELECT isolate_by_tenant('ledger_entries');
-GRANT SELECT, INSERT ON ledger_entries TO loyalty_app;
+GRANT SELECT ON ledger_entries TO loyalty_app;
 
 CREATE TABLE campaigns (
     tenant_id    uuid NOT NULL REFERENCES tenants (id),
@@ -113,4 +115,10 @@ CREATE INDEX rules_campaign_active_idx ON rules (tenant_id, campaign_id) WHERE a
 CREATE INDEX rules_tenant_event_active_idx ON rules (tenant_id, event_type, active);
 CREATE INDEX rules_reward_idx ON rules (tenant_id, reward_id);
 SELECT isolate_by_tenant('rules');
-GRANT SELECT, INSERT, UPDATE, DELETE ON rules TO loyalty_app;
+-- issued_count is kept by the SQL layer alone.
+GRANT SELECT, DELETE,
+      INSERT (tenant_id, id, campaign_id, name, event_type, conditions, reward_id,
+              per_customer_limit, global_limit, active),
+      UPDATE (campaign_id, name, event_type, conditions, reward_id, per_customer_limit,
+              global_limit, active)
+   ON rules TO loyalty_app;

@@ -43,7 +43,8 @@ CREATE INDEX issuances_customer_issued_idx ON issuances (tenant_id, customer_id,
 CREATE INDEX issuances_issued_idx ON issuances (tenant_id, issued_at DESC, id);
 CREATE INDEX issuances_reward_idx ON issuances (tenant_id, reward_id, issued_at);
 SELECT isolate_by_tenant('issuances');
-GRANT SELECT, INSERT, UPDATE ON issuances TO loyalty_app;
+-- Issuances are written by the SQL layer's functions alone.
+GRANT SELECT ON issuances TO loyalty_app;
 
 CREATE TABLE voucher_codes (
     tenant_id    uuid NOT NULL,

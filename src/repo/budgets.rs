@@ -277,7 +277,6 @@ impl BudgetRepository for Budgets<'_> {
                 budgets::id.eq(id),
                 budgets::name.eq(new.name),
                 budgets::currency.eq(new.currency),
-                budgets::hard_cap.eq(BigDecimal::from(0)),
             ))
             .execute(self.0.db())
             .await?;

@@ -7,6 +7,7 @@ use loyalty_store::prelude::*;
 use loyalty_store::testing::TestDb;
 
 const FIXTURE: &str = include_str!("sql/fixture.sql");
+const FIXTURE_MONEY: &str = include_str!("sql/fixture_money.sql");
 
 /// Every tenant-owned table, with whether `loyalty_app` may UPDATE and DELETE it.
 const TABLES: &[(&str, bool, bool)] = &[
@@ -14,11 +15,12 @@ const TABLES: &[(&str, bool, bool)] = &[
     ("customers", true, true),
     ("consents", false, false),
     ("reward_catalog", true, false),
-    ("budgets", true, false),
+    // Only a budget's name may change: `SET tenant_id` is refused.
+    ("budgets", false, false),
     ("ledger_entries", false, false),
     ("campaigns", true, true),
-    ("rules", true, true),
-    ("issuances", true, false),
+    ("rules", false, true),
+    ("issuances", false, false),
     ("voucher_codes", true, false),
     ("events", false, false),
     ("wa_sessions", true, true),
@@ -35,6 +37,13 @@ async fn tenant_with_fixture(store: &Store, name: &str) -> TenantId {
     let mut tx = store.tenant(id).await.unwrap();
     tx.conn().batch_execute(FIXTURE).await.unwrap();
     tx.commit().await.unwrap();
+    let mut owner = store.raw_connection().await.unwrap();
+    owner
+        .batch_execute(&format!(
+            "SELECT set_config('fixture.tenant', '{id}', true); {FIXTURE_MONEY}"
+        ))
+        .await
+        .unwrap();
     id
 }
 

@@ -279,3 +279,55 @@ async fn a_reference_booked_on_one_budget_is_not_a_replay_on_another() {
     );
     tx.commit().await.unwrap();
 }
+
+/// Money moves only through the SQL layer's functions: SQL sent through a
+/// guard cannot set a budget's figures, a rule's counter, an issuance's
+/// status or a ledger entry, whatever the login.
+#[tokio::test]
+async fn money_moves_only_through_the_money_functions() {
+    let db = TestDb::new().await;
+    let shop = CampaignFixture::builder()
+        .hard_cap(5)
+        .global_limit(10)
+        .customers(1)
+        .create(db.store())
+        .await
+        .unwrap();
+    let issued = crate::support::issue(db.store(), &shop, shop.customers[0], "k")
+        .await
+        .unwrap();
+    let before = crate::support::budget(db.store(), &shop).await;
+    for (login, store) in crate::support::logins(&db).await {
+        for attempt in [
+            "UPDATE budgets SET hard_cap = hard_cap + 1000000".to_owned(),
+            "UPDATE budgets SET reserved = 0".to_owned(),
+            "INSERT INTO budgets (tenant_id, name, currency, hard_cap) \
+             SELECT tenant_id, 'Free money', 'USD', 1000000 FROM budgets"
+                .to_owned(),
+            "UPDATE rules SET issued_count = 0".to_owned(),
+            format!(
+                "UPDATE issuances SET status = 'cancelled' WHERE id = '{}'",
+                issued.issuance.id
+            ),
+            format!(
+                "INSERT INTO ledger_entries (tenant_id, budget_id, entry_type, amount, currency, \
+                                             ref_type, ref_id, batch_id) \
+                 VALUES ('{}', '{}', 'reserve', 1, 'USD', 'issuance', gen_random_uuid(), \
+                         gen_random_uuid())",
+                shop.tenant, shop.budget
+            ),
+        ] {
+            let mut tx = store.tenant(shop.tenant).await.unwrap();
+            let outcome = diesel::sql_query(&attempt)
+                .execute(tx.conn())
+                .await
+                .map_err(Error::from);
+            assert!(
+                matches!(outcome, Err(Error::PermissionDenied { .. })),
+                "{login}: {attempt}: {outcome:?}"
+            );
+        }
+    }
+    assert_eq!(crate::support::budget(db.store(), &shop).await, before);
+    crate::support::assert_books_balance(db.store(), shop.tenant).await;
+}

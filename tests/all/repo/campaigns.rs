@@ -479,9 +479,9 @@ async fn rule_issuance_counts_mean_this_rule() {
         .await
         .unwrap()
         .id;
-    // The seed counted by campaign, so a sibling rule's issuances leaked
-    // into this rule's count. Issuances are inserted directly here; the
-    // issuance API has tests of its own.
+    // Counting by campaign would let a sibling rule's issuances leak into
+    // this rule's count. Issuances are inserted directly here; the issuance
+    // API has tests of its own.
     let issue = |rule: RuleId, customer: CustomerId, status: &str, days_ago: i64, key: &str| {
         format!(
             "INSERT INTO issuances (tenant_id, campaign_id, rule_id, customer_id, reward_id, budget_id, status, \
@@ -504,7 +504,13 @@ async fn rule_issuance_counts_mean_this_rule() {
         issue(second.id, ada.id, "issued", 0, "k5"),
     ]
     .join(";");
-    tx.conn().batch_execute(&sql).await.unwrap();
+    // Backfilled by the tables' owner: only the SQL layer's functions may
+    // write issuances.
+    tx.commit().await.unwrap();
+    let mut owner = store.raw_connection().await.unwrap();
+    owner.batch_execute(&sql).await.unwrap();
+    drop(owner);
+    let mut tx = store.tenant(a).await.unwrap();
     let yesterday = Utc::now() - Duration::days(1);
     assert_eq!(
         tx.rules()

@@ -1,5 +1,7 @@
--- One row in every tenant-owned table, for the tenant in context. Run as
--- loyalty_app inside a tenant guard, so RLS itself checks every insert.
+-- One row in every tenant-owned table loyalty_app may write, for the tenant
+-- in context. Run as loyalty_app inside a tenant guard, so RLS itself checks
+-- every insert. The money rows (a ledger entry, an issuance) only the SQL
+-- layer may write: fixture_money.sql adds them, as the table owner.
 DO $$
 DECLARE
     t   uuid := current_tenant_id();
@@ -9,8 +11,6 @@ DECLARE
     budget   uuid;
     campaign uuid;
     rule     uuid;
-    code     uuid;
-    issuance uuid := gen_random_uuid();
 BEGIN
     INSERT INTO staff_users (tenant_id, email, full_name, role, pwd_hash)
         VALUES (t, 'owner-' || tag || '@example.test', 'Owner', 'owner', 'argon2id$fixture');
@@ -22,24 +22,17 @@ BEGIN
     INSERT INTO reward_catalog (tenant_id, name, type, cost_amount, currency, uses_codes)
         VALUES (t, 'Coffee', 'voucher', 5, 'USD', true)
         RETURNING id INTO reward;
-    -- The issuance's ledger entry reserves its 5 on the budget at commit.
-    INSERT INTO budgets (tenant_id, name, currency, hard_cap)
-        VALUES (t, 'Main', 'USD', 1000)
+    INSERT INTO budgets (tenant_id, name, currency)
+        VALUES (t, 'Main', 'USD')
         RETURNING id INTO budget;
-    INSERT INTO ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
-        VALUES (t, budget, 'reserve', 5, 'USD', 'issuance', issuance);
     INSERT INTO campaigns (tenant_id, name, budget_id, status, start_at, end_at)
         VALUES (t, 'Launch', budget, 'active', now() - interval '1 day', now() + interval '1 day')
         RETURNING id INTO campaign;
     INSERT INTO rules (tenant_id, campaign_id, name, event_type, reward_id, per_customer_limit)
         VALUES (t, campaign, 'First purchase', 'purchase', reward, 1)
         RETURNING id INTO rule;
-    INSERT INTO voucher_codes (tenant_id, reward_id, code, status, issuance_id)
-        VALUES (t, reward, 'CODE-' || tag, 'reserved', issuance)
-        RETURNING id INTO code;
-    INSERT INTO issuances (tenant_id, id, campaign_id, rule_id, customer_id, reward_id, budget_id,
-                           voucher_code_id, status, cost_amount, currency, idempotency_key)
-        VALUES (t, issuance, campaign, rule, customer, reward, budget, code, 'reserved', 5, 'USD', 'key-' || tag);
+    INSERT INTO voucher_codes (tenant_id, reward_id, code)
+        VALUES (t, reward, 'CODE-' || tag);
     INSERT INTO events (tenant_id, customer_id, event_type, properties, occurred_at, source, idempotency_key)
         VALUES (t, customer, 'purchase', '{"amount": 50}', now(), 'api', 'evt-' || tag);
     INSERT INTO wa_sessions (tenant_id, wa_id, customer_id, phone_e164, state)
