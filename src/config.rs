@@ -39,7 +39,7 @@ pub enum Recycling {
 /// assert_eq!(config.pool_size, 32);
 /// # Ok::<(), loyalty_store::Error>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Config {
     /// The URL handed to the driver, with this crate's own parameters removed.
@@ -57,6 +57,34 @@ pub struct Config {
     /// itself. `None`: read through `migrator_url`, or the store's login, at
     /// the first guard.
     pub guard_key: Option<GuardKey>,
+}
+
+/// Passwords in the URLs never reach logs through `Debug`.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &redacted(&self.database_url))
+            .field("pool_size", &self.pool_size)
+            .field("checkout_timeout", &self.checkout_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("prepared_statements", &self.prepared_statements)
+            .field("recycling", &self.recycling)
+            .field("migrator_url", &self.migrator_url.as_deref().map(redacted))
+            .field("guard_key", &self.guard_key)
+            .finish()
+    }
+}
+
+fn redacted(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            // Only fails for URLs that cannot have a password at all.
+            let _ = parsed.set_password(Some("redacted"));
+            parsed.into()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => "(unparsable URL)".to_owned(),
+    }
 }
 
 const DEFAULT_CONNECT_TIMEOUT_SECS: &str = "5";
@@ -190,6 +218,19 @@ fn parse_bool(key: &str, value: &str) -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn debug_never_shows_a_password() {
+        let config = Config::from_url("postgres://svc:s3cret@db/loyalty")
+            .unwrap()
+            .with_migrator_url("postgres://owner:0wner-secret@db/loyalty");
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("0wner-secret"),
+            "{shown}"
+        );
+        assert!(shown.contains("svc:redacted@db"), "{shown}");
+    }
+
     use super::*;
 
     #[test]
