@@ -19,7 +19,7 @@ use loyalty_store::schema::customers;
 use loyalty_store::testing::{TestDb, pg_tool};
 use loyalty_store::{Config, Recycling};
 
-use common::{median, tenant_proof};
+use common::median;
 
 const CUSTOMERS: u32 = 10_000;
 const ROUNDS: usize = 5;
@@ -186,7 +186,7 @@ async fn main() {
         .unwrap();
     tx.commit().await.unwrap();
 
-    let proof = tenant_proof(db.store(), tenant).await;
+    let proof = db.store().tenant_proof(tenant).await.unwrap();
     println!(
         "point read of one customer by phone, {CUSTOMERS} customers: \
          {ROUNDS} rounds of {}s per path, alternating, median shown",

@@ -33,7 +33,7 @@ use serde_json::json;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 
-use common::{median, tenant_proof};
+use common::median;
 
 const CUSTOMERS: usize = 1000;
 const ROUNDS: usize = 5;
@@ -105,7 +105,7 @@ async fn setup(store: &Store) -> Setup {
     tx.commit().await.unwrap();
     Setup {
         tenant,
-        proof: tenant_proof(store, tenant).await,
+        proof: store.tenant_proof(tenant).await.unwrap(),
         rule,
         coded_rule,
         customers,

@@ -193,6 +193,13 @@ impl Store {
         }
     }
 
+    /// The proof a guard sends with `tenant` (see [`GuardKey`]), for tests
+    /// and raw-SQL benchmarks that open a tenant context by hand.
+    #[cfg(feature = "testing")]
+    pub async fn tenant_proof(&self, tenant: TenantId) -> Result<String> {
+        Ok(self.guard_key().await?.proof(tenant))
+    }
+
     /// A pooled connection with no tenant context and no role switch: it runs
     /// as the login user. For test assertions about what the pool hands out.
     #[cfg(feature = "testing")]

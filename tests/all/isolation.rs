@@ -251,19 +251,12 @@ async fn run_seed_rls_test(store: &Store, role: &str) -> Result<()> {
         .create(NewTenant::new("Tenant 2", "USD".parse()?))
         .await?
         .id;
+    let (proof1, proof2) = (store.tenant_proof(t1).await?, store.tenant_proof(t2).await?);
     let mut conn = store.raw_connection().await?;
-    let proof = |tenant: TenantId| {
-        format!(
-            "encode(sha256(outer_pad || sha256(inner_pad || convert_to('{tenant}', 'UTF8'))), 'hex')"
-        )
-    };
     let setup = format!(
         "SELECT set_config('test.tenant1', '{t1}', true), set_config('test.tenant2', '{t2}', true), \
-                set_config('test.proof1', {}, true), set_config('test.proof2', {}, true) \
-           FROM loyalty_secret.guard_key; \
-         SET LOCAL ROLE {role};",
-        proof(t1),
-        proof(t2)
+                set_config('test.proof1', '{proof1}', true), set_config('test.proof2', '{proof2}', true); \
+         SET LOCAL ROLE {role};"
     );
     conn.transaction(async |conn| {
         conn.batch_execute(&setup).await?;
