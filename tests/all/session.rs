@@ -33,7 +33,7 @@ async fn session_settings_made_in_one_guard_do_not_reach_the_next() {
         tx.conn()
             .batch_execute(
                 "SET SESSION default_transaction_read_only = on; \
-                 SET SESSION statement_timeout = 1; \
+                 SET SESSION statement_timeout = '1h'; \
                  SELECT set_config('search_path', 'pg_temp, public', false); \
                  SELECT pg_advisory_lock(42)",
             )
