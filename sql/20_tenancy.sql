@@ -30,3 +30,9 @@ BEGIN
     RETURN true;
 END
 $$;
+
+-- The platform scope's context (see in_platform_scope()): the same one-statement
+-- shape as enter_tenant, for tenant provisioning.
+CREATE FUNCTION loyalty.enter_platform(p_proof text) RETURNS boolean
+    LANGUAGE sql
+    AS $$ SELECT pg_catalog.set_config('app.platform_proof', p_proof, true) IS NOT NULL $$;

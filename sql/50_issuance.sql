@@ -1,6 +1,8 @@
 -- Issuing, redeeming, cancelling and expiring rewards. Each is one statement
--- from the client's side. They run as the caller (loyalty_app inside a tenant
--- guard), so row-level security applies to every row they touch.
+-- from the client's side. The entry points run as SECURITY DEFINER, since
+-- loyalty_app may not write issuances, ledger entries or code statuses
+-- itself; every statement in them filters by the verified tenant, and
+-- row-level security, forced on the owner, binds them as well.
 
 -- An issuance as JSON (money as a string, so no precision is lost), with its
 -- voucher code and whether this call replayed an earlier one. plpgsql, so

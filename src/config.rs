@@ -57,6 +57,9 @@ pub struct Config {
     /// itself. `None`: read through `migrator_url`, or the store's login, at
     /// the first guard.
     pub guard_key: Option<GuardKey>,
+    /// Whether [`crate::Store::connect`] accepts a login that can leave
+    /// tenant isolation. See [`Config::danger_allow_privileged_login`].
+    pub allow_privileged_login: bool,
 }
 
 /// Passwords in the URLs never reach logs through `Debug`.
@@ -71,6 +74,7 @@ impl std::fmt::Debug for Config {
             .field("recycling", &self.recycling)
             .field("migrator_url", &self.migrator_url.as_deref().map(redacted))
             .field("guard_key", &self.guard_key)
+            .field("allow_privileged_login", &self.allow_privileged_login)
             .finish()
     }
 }
@@ -108,6 +112,7 @@ impl Config {
             recycling: Recycling::Fast,
             migrator_url: None,
             guard_key: None,
+            allow_privileged_login: false,
         };
         let mut passthrough = Vec::new();
         let mut has_connect_timeout = false;
@@ -188,6 +193,17 @@ impl Config {
     /// Sets the URL [`crate::Store::migrate`] and the guard key's reader use.
     pub fn with_migrator_url(mut self, url: impl Into<String>) -> Self {
         self.migrator_url = Some(url.into());
+        self
+    }
+
+    /// Lets [`crate::Store::connect`] accept a login that could leave tenant
+    /// isolation (a superuser, a table owner, ...), which it otherwise
+    /// refuses with [`Error::PrivilegedLogin`]. With such a login, SQL sent
+    /// through [`crate::TenantConn::conn`] can `RESET ROLE` and reach every
+    /// tenant: the crate's isolation then covers its own repository methods
+    /// only. For tools and one-off scripts, never for a service.
+    pub fn danger_allow_privileged_login(mut self) -> Self {
+        self.allow_privileged_login = true;
         self
     }
 

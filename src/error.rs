@@ -5,6 +5,7 @@ use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind, Error as Diese
 use diesel_async::pooled_connection::PoolError;
 
 use crate::invalid::InvalidValue;
+use crate::login::LoginPrivilege;
 use crate::refusal::Refusal;
 use crate::status::VoucherStatus;
 
@@ -67,6 +68,20 @@ pub enum Error {
     /// A new connection could not be opened.
     #[error("connection failed: {0}")]
     Connection(#[from] diesel::ConnectionError),
+    /// The store's login could leave tenant isolation: it is a superuser,
+    /// has `BYPASSRLS`, can become an owner of the crate's objects, and so
+    /// on (see [`LoginPrivilege`]). Connect as a service login instead
+    /// (`docs/security.md`), or opt out with
+    /// [`crate::Config::danger_allow_privileged_login`].
+    #[error(
+        "login {login} can leave tenant isolation ({}); connect as a service login that owns \
+         nothing and is a member of loyalty_app only",
+        privileges.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    PrivilegedLogin {
+        login: String,
+        privileges: Vec<LoginPrivilege>,
+    },
     /// The configuration URL or a setting is unusable.
     #[error("invalid configuration: {0}")]
     Config(String),

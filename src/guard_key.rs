@@ -28,9 +28,19 @@ impl GuardKey {
     /// The proof that the guard, and nobody else, put `tenant` in context:
     /// HMAC-SHA256 of the id's text under the key, in lower-case hex.
     pub(crate) fn proof(&self, tenant: TenantId) -> String {
+        self.sign(&tenant.to_string())
+    }
+
+    /// The proof of the platform scope ([`crate::Store::platform`]): the
+    /// same over the word `platform`, which no tenant id's text equals.
+    pub(crate) fn platform_proof(&self) -> String {
+        self.sign("platform")
+    }
+
+    fn sign(&self, claim: &str) -> String {
         let mut mac =
             <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
-        mac.update(tenant.to_string().as_bytes());
+        mac.update(claim.as_bytes());
         mac.finalize()
             .into_bytes()
             .iter()

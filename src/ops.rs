@@ -117,13 +117,15 @@ struct ExtensionSchema {
 
 // The view lives in whatever schema the extension was created in, which need
 // not be on the search path. Reading it fails unless the server preloaded the
-// library, so an extension created without that counts as absent.
+// library, so an extension created without that counts as absent; and so
+// does one the login may not see preloaded (pg_settings hides the setting
+// from a login without pg_read_all_settings).
 const STATEMENTS_SCHEMA: &str = "\
 SELECT quote_ident(n.nspname) AS schema
 FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
 WHERE e.extname = 'pg_stat_statements'
-  AND 'pg_stat_statements' = ANY (string_to_array(
-        replace(current_setting('shared_preload_libraries'), ' ', ''), ','))";
+  AND 'pg_stat_statements' = ANY (string_to_array(replace(
+        (SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries'), ' ', ''), ','))";
 
 fn slow_statements_query(schema: &str) -> String {
     format!(
@@ -166,7 +168,9 @@ impl Store {
 
     /// Table and index sizes of the current schema, and the slowest
     /// statements when `pg_stat_statements` is installed in this database and
-    /// loaded through `shared_preload_libraries`.
+    /// loaded through `shared_preload_libraries`, and the login may see that
+    /// (`pg_read_all_settings`) and other sessions' statements
+    /// (`pg_read_all_stats`).
     pub async fn diagnostics(&self) -> Result<Diagnostics> {
         let mut conn = self.pool().get().await?;
         let tables = diesel::sql_query(TABLES).load(&mut *conn).await?;

@@ -18,6 +18,7 @@ use crate::config::{Config, Recycling};
 use crate::error::{Error, Result};
 use crate::guard_key::GuardKey;
 use crate::ids::TenantId;
+use crate::login::ensure_unprivileged;
 use crate::tenant::{Actor, TenantConn};
 
 pub(crate) type PgPool = Pool<AsyncPgConnection>;
@@ -88,7 +89,12 @@ fn session_reset(config: &Config) -> String {
 }
 
 impl Store {
-    /// Builds the pool. No connection is opened until the first checkout.
+    /// Builds the pool and checks out a first connection, to check the
+    /// login: one that could leave tenant isolation (see
+    /// [`crate::LoginPrivilege`]) is refused with [`Error::PrivilegedLogin`]
+    /// unless [`Config::danger_allow_privileged_login`] is set. The
+    /// migrator, which owns the crate's objects, is given separately
+    /// ([`Config::with_migrator_url`]).
     pub async fn connect(config: Config) -> Result<Self> {
         let mut manager_config = ManagerConfig::default();
         manager_config.recycling_method = match config.recycling {
@@ -121,6 +127,9 @@ impl Store {
             .test_on_check_out(config.recycling == Recycling::Verified)
             .build(manager)
             .await?;
+        if !config.allow_privileged_login {
+            ensure_unprivileged(&mut *pool.get().await?).await?;
+        }
         Ok(Store {
             pool,
             guard_key: Arc::new(OnceCell::new()),
@@ -155,7 +164,7 @@ impl Store {
 
     /// The guard key: from the configuration, or read once, through the
     /// migrator's URL when one is set, else through the store's own login.
-    async fn guard_key(&self) -> Result<&GuardKey> {
+    pub(crate) async fn guard_key(&self) -> Result<&GuardKey> {
         self.guard_key
             .get_or_try_init(|| async {
                 if let Some(key) = &self.config.guard_key {

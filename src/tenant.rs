@@ -23,6 +23,12 @@ diesel::define_sql_function! {
     fn enter_tenant(tenant: Text, proof: Text) -> Bool;
 }
 
+/// Puts a transaction in the role every scope acts as, with a search path
+/// where `pg_temp` comes last, so a temporary table never shadows one of the
+/// crate's. Both settings are transaction-local.
+pub(crate) const ACT_AS_APP: &str =
+    "SELECT set_config('search_path', 'public, pg_temp', true), set_config('role', 'loyalty_app', true)";
+
 type Pooled = bb8::PooledConnection<'static, AsyncDieselConnectionManager<AsyncPgConnection>>;
 
 /// One tenant's unit of work: a pooled connection inside a transaction that
@@ -128,24 +134,23 @@ impl TenantConn {
         // half-way (its future dropped) is one the pool must discard.
         mark_broken(&mut conn);
         let tenant_text = tenant.to_string();
-        let (begun, context) = {
-            let (mut for_begin, mut for_context): (&AsyncPgConnection, &AsyncPgConnection) =
-                (&conn, &conn);
+        let (begun, role, context) = {
+            let (mut for_begin, mut for_role, mut for_context): (
+                &AsyncPgConnection,
+                &AsyncPgConnection,
+                &AsyncPgConnection,
+            ) = (&conn, &conn, &conn);
             tokio::join!(
-                // Polled, and so sent, in this order. pg_temp goes last in
-                // the search path, so a temporary table never shadows one of
-                // the crate's.
+                // Polled, and so sent, in this order.
                 biased;
-                for_begin.batch_execute(
-                    "BEGIN; SELECT set_config('search_path', 'public, pg_temp', true), \
-                                   set_config('role', 'loyalty_app', true)"
-                ),
+                for_begin.batch_execute("BEGIN"),
+                for_role.batch_execute(ACT_AS_APP),
                 // One statement, prepared once per connection.
                 diesel::select(enter_tenant(&tenant_text, proof))
                 .execute(&mut for_context),
             )
         };
-        let outcome = begun.and(context.map(drop));
+        let outcome = begun.and(role).and(context.map(drop));
         let status = AnsiTransactionManager::transaction_manager_status_mut(&mut *conn);
         match outcome {
             Ok(()) => {

@@ -6,6 +6,14 @@
 //! tests run in parallel and start fast. The database is dropped when the
 //! `TestDb` is.
 //!
+//! Every test database uses the production login model (`docs/security.md`):
+//! it is owned by the migrator login `loyalty_test_migrator`, and
+//! [`TestDb::store`] logs in as `loyalty_test_service`, which owns nothing
+//! and is a `NOINHERIT` member of `loyalty_app` only. Both roles are created
+//! on the server the first time they are needed (roles are cluster-wide).
+//! Assertions that must see past row-level security use
+//! [`TestDb::admin_connection`], a superuser.
+//!
 //! The server is `DATABASE_URL` when set (its user needs `CREATEDB`).
 //! Otherwise a throwaway PostgreSQL is started from the machine's binaries
 //! (`initdb` and `postgres` on `PATH`, under `pg_config --bindir`, or under
@@ -31,6 +39,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use url::Url;
 
+use crate::config::Config;
 use crate::store::Store;
 
 mod campaign;
@@ -40,9 +49,13 @@ pub use campaign::{CampaignBuilder, CampaignFixture};
 /// A migrated database of its own for one test; dropped with this value.
 pub struct TestDb {
     store: Store,
-    url: String,
     name: String,
 }
+
+/// The migrator: owns every test database and what the migrations create.
+pub const MIGRATOR_LOGIN: &str = "loyalty_test_migrator";
+/// The service login: owns nothing, a `NOINHERIT` member of `loyalty_app`.
+pub const SERVICE_LOGIN: &str = "loyalty_test_service";
 
 impl std::fmt::Debug for TestDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,7 +71,7 @@ const TEMPLATE_LOCK_KEY: i64 = 0x6c6f_7961_6c74_7932;
 impl TestDb {
     /// Creates a migrated database, or panics with what to install or set.
     pub async fn new() -> TestDb {
-        ensure_template(&server().admin_url).await;
+        ensure_roles_and_template(&server().admin_url).await;
         let db = Self::create(&format!("TEMPLATE {TEMPLATE}")).await;
         // What a service runs at start-up: it finds nothing to migrate, and
         // puts back what a clone does not inherit (database privileges).
@@ -70,6 +83,7 @@ impl TestDb {
 
     /// Creates a database with no migrations applied, for testing migrations.
     pub async fn empty() -> TestDb {
+        ensure_roles_and_template(&server().admin_url).await;
         Self::create("").await
     }
 
@@ -78,30 +92,71 @@ impl TestDb {
         let name = format!("loyalty_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = admin_connection(&server.admin_url).await;
         admin
-            .batch_execute(&format!("CREATE DATABASE {name} {options}"))
+            .batch_execute(&format!(
+                "CREATE DATABASE {name} {options} OWNER {MIGRATOR_LOGIN}"
+            ))
             .await
             .unwrap_or_else(|e| panic!("creating test database {name}: {e}"));
-        let url = database_url(&server.admin_url, &name);
-        let store = Store::connect_url(&url)
+        let store = Store::connect(service_config(&server.admin_url, &name))
             .await
             .unwrap_or_else(|e| panic!("connecting to test database {name}: {e}"));
-        TestDb { store, url, name }
+        TestDb { store, name }
     }
 
-    /// A store on this database with the default configuration.
+    /// A store on this database as the service login, with the default
+    /// configuration.
     pub fn store(&self) -> &Store {
         &self.store
     }
 
-    /// The database's URL, for a differently configured [`Store`] or for tools.
-    pub fn url(&self) -> &str {
-        &self.url
+    /// The configuration [`TestDb::store`] was built from: the service
+    /// login, with the migrator's URL. For a differently configured
+    /// [`Store`].
+    pub fn config(&self) -> Config {
+        service_config(&server().admin_url, &self.name)
+    }
+
+    /// The database's URL as the service login, for tools.
+    pub fn url(&self) -> String {
+        login_url(&server().admin_url, &self.name, SERVICE_LOGIN)
+    }
+
+    /// The database's URL as the migrator, which owns the crate's objects.
+    pub fn migrator_url(&self) -> String {
+        login_url(&server().admin_url, &self.name, MIGRATOR_LOGIN)
+    }
+
+    /// The database's URL as a superuser.
+    pub fn superuser_url(&self) -> String {
+        database_url(&server().admin_url, &self.name)
+    }
+
+    /// A connection to this database as a superuser, for assertions that
+    /// must see past row-level security and for setting up what no login of
+    /// the crate may do.
+    pub async fn admin_connection(&self) -> AsyncPgConnection {
+        admin_connection(&self.superuser_url()).await
     }
 
     /// The URL of the server's maintenance database, as a superuser.
     pub fn admin_url(&self) -> &str {
         &server().admin_url
     }
+}
+
+fn service_config(admin_url: &str, database: &str) -> Config {
+    Config::from_url(&login_url(admin_url, database, SERVICE_LOGIN))
+        .expect("the test server's URL is a valid configuration")
+        .with_migrator_url(login_url(admin_url, database, MIGRATOR_LOGIN))
+}
+
+fn login_url(admin_url: &str, database: &str, login: &str) -> String {
+    let mut url = Url::parse(&database_url(admin_url, database)).expect("a database URL");
+    url.set_username(login)
+        .expect("a postgres URL has a user name");
+    // Trust authentication is assumed for the test logins.
+    let _ = url.set_password(None);
+    url.into()
 }
 
 impl Drop for TestDb {
@@ -166,17 +221,33 @@ async fn admin_connection(url: &str) -> AsyncPgConnection {
     }
 }
 
-async fn ensure_template(admin_url: &str) {
+/// The test logins. `loyalty_app` is made here too, so the migrator needs
+/// no `CREATEROLE`, as in a deployment that follows `docs/security.md`.
+const ROLES: &str = "DO $$ BEGIN \
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'loyalty_app') THEN \
+        CREATE ROLE loyalty_app NOLOGIN NOBYPASSRLS; \
+    END IF; \
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'loyalty_test_migrator') THEN \
+        CREATE ROLE loyalty_test_migrator LOGIN NOSUPERUSER NOCREATEROLE NOBYPASSRLS; \
+    END IF; \
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'loyalty_test_service') THEN \
+        CREATE ROLE loyalty_test_service LOGIN NOINHERIT NOSUPERUSER NOCREATEROLE \
+            NOBYPASSRLS IN ROLE loyalty_app; \
+    END IF; \
+    END $$";
+
+async fn ensure_roles_and_template(admin_url: &str) {
     static READY: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     READY
         .get_or_init(|| async {
             let mut admin = admin_connection(admin_url).await;
-            // Other test processes may be building the same template.
+            // Other test processes may be making the same roles and template.
             run(
                 &mut admin,
                 &format!("SELECT pg_advisory_lock({TEMPLATE_LOCK_KEY})"),
             )
             .await;
+            run(&mut admin, ROLES).await;
             let exists: bool = diesel::select(diesel::dsl::exists(
                 pg_database::table.filter(pg_database::datname.eq(TEMPLATE)),
             ))
@@ -202,8 +273,12 @@ async fn build_template(admin: &mut AsyncPgConnection, admin_url: &str) {
         &format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"),
     )
     .await;
-    run(admin, &format!("CREATE DATABASE {building}")).await;
-    let store = Store::connect_url(&database_url(admin_url, &building))
+    run(
+        admin,
+        &format!("CREATE DATABASE {building} OWNER {MIGRATOR_LOGIN}"),
+    )
+    .await;
+    let store = Store::connect(service_config(admin_url, &building))
         .await
         .expect("connecting to the template database");
     if let Err(e) = store.migrate().await {

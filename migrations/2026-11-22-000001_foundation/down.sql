@@ -8,6 +8,7 @@ DROP FUNCTION isolate_by_tenant(regclass);
 DROP FUNCTION is_json_object(jsonb);
 DROP FUNCTION is_e164(text);
 DROP FUNCTION is_iso4217(text);
+DROP FUNCTION in_platform_scope();
 DROP FUNCTION current_tenant_id();
 DROP SCHEMA loyalty_secret CASCADE;
 DO $$

@@ -4,6 +4,7 @@
 
 -- The role is cluster-wide, so several databases (and several test databases
 -- migrating in parallel) may race to create it; losing that race is fine.
+-- A migrator without CREATEROLE needs it created beforehand (docs/security.md).
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'loyalty_app') THEN
@@ -12,11 +13,6 @@ BEGIN
         EXCEPTION WHEN duplicate_object OR unique_violation THEN
             NULL;
         END;
-    END IF;
-    -- A non-superuser migrator must be a member to switch to the role in the guard.
-    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
-       AND NOT pg_has_role(current_user, 'loyalty_app', 'MEMBER') THEN
-        EXECUTE format('GRANT loyalty_app TO %I', current_user);
     END IF;
 END
 $$;
@@ -55,31 +51,53 @@ BEGIN
 END
 $$;
 
+-- Whether `proof` is the HMAC-SHA256 of `claim` under the guard key. Only
+-- the migrator can call it (no one else has USAGE on the schema), so it is
+-- no oracle; the two functions below call it as SECURITY DEFINER. Every name
+-- is schema-qualified, so nothing on a caller's search path can stand in for
+-- one.
+CREATE FUNCTION loyalty_secret.proof_holds(claim text, proof text) RETURNS boolean
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
+    AS $$
+DECLARE
+    pads record;
+BEGIN
+    SELECT inner_pad, outer_pad INTO pads FROM loyalty_secret.guard_key;
+    RETURN pg_catalog.encode(pg_catalog.sha256(pads.outer_pad OPERATOR(pg_catalog.||)
+               pg_catalog.sha256(pads.inner_pad OPERATOR(pg_catalog.||)
+                   pg_catalog.convert_to(claim, 'UTF8'))), 'hex') OPERATOR(pg_catalog.=) proof;
+END
+$$;
+
 -- The tenant in context: app.tenant_id, but only when app.tenant_proof is
 -- its HMAC under the guard key. SQL sent through a guard can set both
 -- settings, but cannot compute the proof for another tenant, so a forged
--- context reads as "no tenant" and every policy fails closed. SECURITY
--- DEFINER to read the key; every name is schema-qualified, so nothing on the
--- caller's search path can stand in for one. Policies call it as
--- (SELECT current_tenant_id()): once per statement.
+-- context reads as "no tenant" and every policy fails closed. Policies call
+-- it as (SELECT current_tenant_id()): once per statement.
 CREATE FUNCTION current_tenant_id() RETURNS uuid
     LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL SAFE
     AS $$
 DECLARE
     claimed pg_catalog.text := pg_catalog.current_setting('app.tenant_id', true);
     proof pg_catalog.text := pg_catalog.current_setting('app.tenant_proof', true);
-    pads record;
 BEGIN
-    IF claimed IS NULL OR claimed OPERATOR(pg_catalog.=) '' OR proof IS NULL THEN
+    IF claimed IS NULL OR claimed OPERATOR(pg_catalog.=) '' OR proof IS NULL
+       OR NOT loyalty_secret.proof_holds(claimed, proof) THEN
         RETURN NULL;
     END IF;
-    SELECT inner_pad, outer_pad INTO pads FROM loyalty_secret.guard_key;
-    IF pg_catalog.encode(pg_catalog.sha256(pads.outer_pad OPERATOR(pg_catalog.||)
-           pg_catalog.sha256(pads.inner_pad OPERATOR(pg_catalog.||)
-               pg_catalog.convert_to(claimed, 'UTF8'))), 'hex') OPERATOR(pg_catalog.=) proof THEN
-        RETURN claimed::pg_catalog.uuid;
-    END IF;
-    RETURN NULL;
+    RETURN claimed::pg_catalog.uuid;
+END
+$$;
+
+-- Whether the platform scope (tenant provisioning) is in context: the same
+-- check over the fixed claim 'platform', which no tenant id's text equals.
+CREATE FUNCTION in_platform_scope() RETURNS boolean
+    LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL SAFE
+    AS $$
+DECLARE
+    proof pg_catalog.text := pg_catalog.current_setting('app.platform_proof', true);
+BEGIN
+    RETURN proof IS NOT NULL AND loyalty_secret.proof_holds('platform', proof);
 END
 $$;
 
@@ -128,9 +146,19 @@ CREATE TABLE tenants (
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
 
--- Not FORCEd: the platform scope (the table owner) provisions tenants, while
--- loyalty_app sees only the row of the tenant it is acting for.
+-- A guard sees only the row of the tenant it acts for; the platform scope
+-- (Store::platform) sees and provisions every tenant. Both run as
+-- loyalty_app, told apart by their proofs. Forced, like every table: the
+-- owner is the migrator, and no service logs in as it.
 ALTER TABLE tenants ENABLE ROW LEVEL SECURITY;
-CREATE POLICY tenant_self ON tenants TO loyalty_app
+ALTER TABLE tenants FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_self ON tenants FOR SELECT
     USING (id = (SELECT current_tenant_id()));
-GRANT SELECT ON tenants TO loyalty_app;
+CREATE POLICY platform_reads ON tenants FOR SELECT
+    USING ((SELECT in_platform_scope()));
+CREATE POLICY platform_creates ON tenants FOR INSERT
+    WITH CHECK ((SELECT in_platform_scope()));
+CREATE POLICY platform_edits ON tenants FOR UPDATE
+    USING ((SELECT in_platform_scope())) WITH CHECK ((SELECT in_platform_scope()));
+GRANT SELECT, INSERT (id, name, country_code, default_ccy, theme),
+      UPDATE (theme, status) ON tenants TO loyalty_app;

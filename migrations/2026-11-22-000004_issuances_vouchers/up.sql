@@ -71,7 +71,8 @@ CREATE INDEX voucher_codes_available_idx ON voucher_codes (tenant_id, reward_id)
 CREATE INDEX voucher_codes_issuance_idx ON voucher_codes (tenant_id, issuance_id)
     WHERE issuance_id IS NOT NULL;
 SELECT isolate_by_tenant('voucher_codes');
-GRANT SELECT, INSERT, UPDATE ON voucher_codes TO loyalty_app;
+-- Codes are imported here; their statuses move through the SQL layer alone.
+GRANT SELECT, INSERT (tenant_id, id, reward_id, code) ON voucher_codes TO loyalty_app;
 
 ALTER TABLE issuances
     ADD CONSTRAINT issuances_voucher_code_fkey

@@ -3,13 +3,12 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::RunQueryDsl;
+use diesel::sql_types::{Array, Text, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::ids::{IssuanceId, RewardId, TenantId, VoucherCodeId};
-use crate::refusal::Refusal;
 use crate::schema::voucher_codes;
 use crate::tenant::TenantConn;
 
@@ -66,22 +65,17 @@ pub trait VoucherCodeRepository {
         reward_id: RewardId,
         codes: &[String],
     ) -> impl Future<Output = Result<ImportReport>> + Send;
-    /// Claims one available code for an issuance being created in this same
-    /// transaction (the reference is checked at commit). Refused with
-    /// [`crate::Refusal::NoCodesAvailable`] when the reward has none left;
-    /// concurrent callers skip each other's codes rather than wait.
-    fn reserve(
-        &mut self,
-        reward_id: RewardId,
-        issuance_id: IssuanceId,
-    ) -> impl Future<Output = Result<VoucherCode>> + Send;
-    /// Marks a reserved code as delivered to the customer and stamps
-    /// `issued_at`.
+    /// Marks a reserved code (one an issuance holds) as delivered to the
+    /// customer and stamps `issued_at`. A code in any other status is
+    /// refused with [`Error::VoucherCodeStatus`]; an unknown one with
+    /// [`Error::NotFound`].
     fn mark_issued(
         &mut self,
         id: VoucherCodeId,
     ) -> impl Future<Output = Result<VoucherCode>> + Send;
-    /// Withdraws an available code from the pool.
+    /// Withdraws an available code from the pool for good. A code in any
+    /// other status is refused with [`Error::VoucherCodeStatus`]; an unknown
+    /// one with [`Error::NotFound`].
     fn invalidate(&mut self, id: VoucherCodeId)
     -> impl Future<Output = Result<VoucherCode>> + Send;
     /// A code of a reward, by its text.
@@ -111,17 +105,39 @@ struct Duplicate {
     code: String,
 }
 
+diesel::define_sql_function! {
+    #[sql_name = "loyalty.advance_code"]
+    fn advance_code(id: SqlUuid, to: Text) -> Bool;
+}
+
 impl VoucherCodes<'_> {
-    /// The error for a code that was not in the status an update required.
-    async fn not_in(&mut self, id: VoucherCodeId, required: VoucherStatus) -> Error {
-        let current = voucher_codes::table
-            .filter(voucher_codes::id.eq(id))
-            .select(voucher_codes::status)
-            .get_result::<VoucherStatus>(self.0.db())
-            .await;
-        match current {
-            Ok(status) => Error::VoucherCodeStatus { status, required },
-            Err(e) => e.into(),
+    /// Moves a code to `to` through the SQL layer and reads it back, in one
+    /// round trip: the read is sent right behind the move, so it sees the
+    /// moved row or, when the code was not in `required`, why not.
+    async fn advance(
+        &mut self,
+        id: VoucherCodeId,
+        to: VoucherStatus,
+        required: VoucherStatus,
+    ) -> Result<VoucherCode> {
+        let conn: &AsyncPgConnection = self.0.db();
+        let (mut for_move, mut for_read) = (conn, conn);
+        let (moved, code) = tokio::join!(
+            // Polled, and so sent, in this order.
+            biased;
+            diesel::select(advance_code(id, to.as_str())).get_result::<bool>(&mut for_move),
+            voucher_codes::table
+                .filter(voucher_codes::id.eq(id))
+                .select(VoucherCode::as_select())
+                .get_result(&mut for_read),
+        );
+        let code = code?;
+        match moved? {
+            true => Ok(code),
+            false => Err(Error::VoucherCodeStatus {
+                status: code.status,
+                required,
+            }),
         }
     }
 }
@@ -178,64 +194,14 @@ impl VoucherCodeRepository for VoucherCodes<'_> {
         Ok(report)
     }
 
-    async fn reserve(
-        &mut self,
-        reward_id: RewardId,
-        issuance_id: IssuanceId,
-    ) -> Result<VoucherCode> {
-        let tenant = self.0.tenant_id();
-        diesel::sql_query(
-            "UPDATE voucher_codes SET status = 'reserved', issuance_id = $3 \
-              WHERE tenant_id = $1 \
-                AND id = (SELECT id FROM voucher_codes \
-                           WHERE tenant_id = $1 AND reward_id = $2 AND status = 'available' \
-                           LIMIT 1 FOR UPDATE SKIP LOCKED) \
-             RETURNING *",
-        )
-        .bind::<SqlUuid, _>(tenant)
-        .bind::<SqlUuid, _>(reward_id)
-        .bind::<SqlUuid, _>(issuance_id)
-        .get_result(self.0.db())
-        .await
-        .optional()?
-        .ok_or(Error::Refused(Refusal::NoCodesAvailable))
-    }
-
     async fn mark_issued(&mut self, id: VoucherCodeId) -> Result<VoucherCode> {
-        let issued = diesel::update(
-            voucher_codes::table
-                .filter(voucher_codes::id.eq(id))
-                .filter(voucher_codes::status.eq(VoucherStatus::Reserved)),
-        )
-        .set((
-            voucher_codes::status.eq(VoucherStatus::Issued),
-            voucher_codes::issued_at.eq(diesel::dsl::sql::<Nullable<Timestamptz>>("now()")),
-        ))
-        .returning(VoucherCode::as_returning())
-        .get_result(self.0.db())
-        .await
-        .optional()?;
-        match issued {
-            Some(code) => Ok(code),
-            None => Err(self.not_in(id, VoucherStatus::Reserved).await),
-        }
+        self.advance(id, VoucherStatus::Issued, VoucherStatus::Reserved)
+            .await
     }
 
     async fn invalidate(&mut self, id: VoucherCodeId) -> Result<VoucherCode> {
-        let withdrawn = diesel::update(
-            voucher_codes::table
-                .filter(voucher_codes::id.eq(id))
-                .filter(voucher_codes::status.eq(VoucherStatus::Available)),
-        )
-        .set(voucher_codes::status.eq(VoucherStatus::Invalid))
-        .returning(VoucherCode::as_returning())
-        .get_result(self.0.db())
-        .await
-        .optional()?;
-        match withdrawn {
-            Some(code) => Ok(code),
-            None => Err(self.not_in(id, VoucherStatus::Available).await),
-        }
+        self.advance(id, VoucherStatus::Invalid, VoucherStatus::Available)
+            .await
     }
 
     async fn find(&mut self, reward_id: RewardId, code: &str) -> Result<Option<VoucherCode>> {

@@ -20,7 +20,8 @@ struct World {
 
 /// Issuances in the last day: coffee ×3 (issued, redeemed, redeemed),
 /// cake ×1 (cancelled), plus one cake issued 10 days ago; tea never.
-async fn world(store: &Store) -> World {
+async fn world(db: &TestDb) -> World {
+    let store = db.store();
     let usd: Currency = "USD".parse().unwrap();
     let tenant = store
         .platform()
@@ -136,7 +137,7 @@ async fn world(store: &Store) -> World {
     tx.commit().await.unwrap();
     // History, backfilled by the tables' owner: only the SQL layer's
     // functions may write issuances.
-    let mut owner = store.raw_connection().await.unwrap();
+    let mut owner = db.admin_connection().await;
     owner.batch_execute(&sql).await.unwrap();
     World {
         tenant,
@@ -154,7 +155,7 @@ fn last_day() -> TimeRange {
 #[tokio::test]
 async fn dashboard_counts() {
     let db = TestDb::new().await;
-    let w = world(db.store()).await;
+    let w = world(&db).await;
     let mut tx = db.store().tenant(w.tenant).await.unwrap();
     let stats = tx
         .analytics()
@@ -185,7 +186,7 @@ async fn dashboard_counts() {
 #[tokio::test]
 async fn redemption_rate_counts_every_issuance_in_the_window() {
     let db = TestDb::new().await;
-    let w = world(db.store()).await;
+    let w = world(&db).await;
     let mut tx = db.store().tenant(w.tenant).await.unwrap();
     let rate = tx.analytics().redemption_rate(last_day()).await.unwrap();
     // 4 issued in the window, 2 redeemed. The seed's query would divide by the
@@ -208,7 +209,7 @@ async fn redemption_rate_counts_every_issuance_in_the_window() {
 #[tokio::test]
 async fn top_rewards_keep_rewards_with_no_issuances() {
     let db = TestDb::new().await;
-    let w = world(db.store()).await;
+    let w = world(&db).await;
     let mut tx = db.store().tenant(w.tenant).await.unwrap();
     let top = tx.analytics().top_rewards(last_day(), 10).await.unwrap();
     let line = |reward_id, name: &str, count, cost: &str| TopReward {

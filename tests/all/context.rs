@@ -1,6 +1,6 @@
 //! SQL sent through a guard cannot act for another tenant: the tenant in
-//! context counts only with the guard's proof. Checked for a superuser login
-//! and for a service login that is a plain member of `loyalty_app`.
+//! context counts only with the guard's proof. Checked for every login the
+//! crate accepts.
 
 use diesel::dsl::sql;
 use diesel::sql_types::{BigInt, Text};

@@ -83,7 +83,7 @@ async fn dropped_guard_writes_nothing_and_returns_a_clean_connection() {
     let db = TestDb::new().await;
     // One connection, so the next checkout is the very connection the
     // dropped guard used.
-    let store = Store::connect(Config::from_url(db.url()).unwrap().with_pool_size(1))
+    let store = Store::connect(db.config().with_pool_size(1))
         .await
         .unwrap();
     let acme = tenant(&store, "Acme").await;
@@ -122,7 +122,7 @@ async fn explicit_rollback_writes_nothing() {
 #[tokio::test]
 async fn committed_guard_returns_a_connection_without_context() {
     let db = TestDb::new().await;
-    let store = Store::connect(Config::from_url(db.url()).unwrap().with_pool_size(1))
+    let store = Store::connect(db.config().with_pool_size(1))
         .await
         .unwrap();
     let acme = tenant(&store, "Acme").await;
@@ -138,9 +138,9 @@ async fn committed_guard_returns_a_connection_without_context() {
 }
 
 #[tokio::test]
-async fn superuser_login_is_still_isolated() {
+async fn a_superuser_admitted_by_the_opt_out_still_isolates_its_guards() {
     let db = TestDb::new().await;
-    let store = db.store();
+    let store = &crate::support::privileged_login(&db).await;
     let acme = tenant(store, "Acme").await;
     let globex = tenant(store, "Globex").await;
     for (who, phone) in [(acme, "+15550000001"), (globex, "+15550000002")] {
@@ -179,7 +179,7 @@ async fn superuser_login_is_still_isolated() {
 #[tokio::test]
 async fn unknown_tenant_is_a_typed_error_and_the_connection_survives() {
     let db = TestDb::new().await;
-    let store = Store::connect(Config::from_url(db.url()).unwrap().with_pool_size(1))
+    let store = Store::connect(db.config().with_pool_size(1))
         .await
         .unwrap();
     let ghost = TenantId::new();
@@ -257,8 +257,12 @@ async fn a_failure_undone_by_a_savepoint_does_not_block_commit() {
 #[tokio::test]
 async fn statement_timeout_applies_to_pooled_connections() {
     let db = TestDb::new().await;
-    let url = format!("{}?statement_timeout_ms=50", db.url());
-    let store = Store::connect_url(&url).await.unwrap();
+    let store = Store::connect(
+        db.config()
+            .with_statement_timeout(Some(std::time::Duration::from_millis(50))),
+    )
+    .await
+    .unwrap();
     let acme = tenant(&store, "Acme").await;
     let mut tx = store.tenant(acme).await.unwrap();
     let slow = diesel::sql_query("SELECT pg_sleep(1)")
@@ -274,8 +278,7 @@ async fn statement_timeout_applies_to_pooled_connections() {
 async fn checkout_timeout_is_a_typed_error() {
     let db = TestDb::new().await;
     let store = Store::connect(
-        Config::from_url(db.url())
-            .unwrap()
+        db.config()
             .with_pool_size(1)
             .with_checkout_timeout(std::time::Duration::from_millis(100)),
     )
@@ -307,8 +310,7 @@ async fn guards_work_without_the_prepared_statement_cache() {
         .create(db.store())
         .await
         .unwrap();
-    let config = Config::from_url(db.url())
-        .unwrap()
+    let config = db.config()
         .with_pool_size(1)
         .with_prepared_statements(false);
     let store = Store::connect(config).await.unwrap();

@@ -21,13 +21,14 @@ const TABLES: &[(&str, bool, bool)] = &[
     ("campaigns", true, true),
     ("rules", false, true),
     ("issuances", false, false),
-    ("voucher_codes", true, false),
+    ("voucher_codes", false, false),
     ("events", false, false),
     ("wa_sessions", true, true),
     ("audit_logs", false, false),
 ];
 
-async fn tenant_with_fixture(store: &Store, name: &str) -> TenantId {
+async fn tenant_with_fixture(db: &TestDb, name: &str) -> TenantId {
+    let store = db.store();
     let id = store
         .platform()
         .create(NewTenant::new(name, "USD".parse().unwrap()))
@@ -37,10 +38,15 @@ async fn tenant_with_fixture(store: &Store, name: &str) -> TenantId {
     let mut tx = store.tenant(id).await.unwrap();
     tx.conn().batch_execute(FIXTURE).await.unwrap();
     tx.commit().await.unwrap();
-    let mut owner = store.raw_connection().await.unwrap();
+    // The commit-time settlement runs as the migrator, which row-level
+    // security binds: it needs the tenant in context, as in a guard.
+    let proof = store.tenant_proof(id).await.unwrap();
+    let mut owner = db.admin_connection().await;
     owner
         .batch_execute(&format!(
-            "SELECT set_config('fixture.tenant', '{id}', true); {FIXTURE_MONEY}"
+            "SELECT set_config('fixture.tenant', '{id}', true), \
+                    set_config('app.tenant_id', '{id}', true), \
+                    set_config('app.tenant_proof', '{proof}', true); {FIXTURE_MONEY}"
         ))
         .await
         .unwrap();
@@ -85,8 +91,8 @@ fn assert_refused(result: Result<usize>, what: &str) {
 async fn no_tenant_can_read_or_write_another_tenants_rows() {
     let db = TestDb::new().await;
     let store = db.store();
-    let a = tenant_with_fixture(store, "Tenant A").await;
-    let b = tenant_with_fixture(store, "Tenant B").await;
+    let a = tenant_with_fixture(&db, "Tenant A").await;
+    let b = tenant_with_fixture(&db, "Tenant B").await;
 
     for &(table, can_update, can_delete) in TABLES {
         let b_rows_before = rows_as_json(store, b, table).await;
@@ -162,7 +168,7 @@ async fn no_tenant_can_read_or_write_another_tenants_rows() {
 async fn without_a_tenant_context_nothing_is_visible_and_inserts_are_refused() {
     let db = TestDb::new().await;
     let store = db.store();
-    let a = tenant_with_fixture(store, "Tenant A").await;
+    let a = tenant_with_fixture(&db, "Tenant A").await;
 
     for &(table, ..) in TABLES {
         let template_row = rows_as_json(store, a, table).await.remove(0);
@@ -198,8 +204,8 @@ async fn without_a_tenant_context_nothing_is_visible_and_inserts_are_refused() {
 async fn loyalty_app_sees_only_its_own_tenant_row() {
     let db = TestDb::new().await;
     let store = db.store();
-    let a = tenant_with_fixture(store, "Tenant A").await;
-    tenant_with_fixture(store, "Tenant B").await;
+    let a = tenant_with_fixture(&db, "Tenant A").await;
+    tenant_with_fixture(&db, "Tenant B").await;
     let mut tx = store.tenant(a).await.unwrap();
     let ids: Vec<String> = diesel::select(sql::<Text>("(SELECT id::text FROM tenants)"))
         .load(tx.conn())
@@ -277,7 +283,7 @@ async fn seed_rls_test_proves_nothing_as_a_superuser() {
     // The seed ran its test as a superuser, which bypasses RLS: the check
     // fails there even though the policies are right.
     let db = TestDb::new().await;
-    let outcome = run_seed_rls_test(db.store(), "postgres").await;
+    let outcome = run_seed_rls_test(&crate::support::privileged_login(&db).await, "postgres").await;
     let Err(Error::Database(err)) = outcome else {
         panic!("expected the seed's own exception, got {outcome:?}");
     };

@@ -18,7 +18,7 @@ async fn four_instances_migrating_at_once_apply_each_migration_once() {
     let db = TestDb::empty().await;
     let mut tasks = Vec::new();
     for _ in 0..4 {
-        let store = Store::connect_url(db.url()).await.unwrap();
+        let store = Store::connect(db.config()).await.unwrap();
         tasks.push(tokio::spawn(async move { store.migrate().await }));
     }
     let mut applied = Vec::new();
@@ -79,7 +79,7 @@ pub fn assert_same_schema(actual: &str, expected: &str, what: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_down_migration_reverts_its_up_migration_exactly() {
     let db = TestDb::empty().await;
-    let url = db.url().to_owned();
+    let url = db.migrator_url();
     tokio::task::spawn_blocking(move || {
         let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url).unwrap();
         // Creates diesel's bookkeeping table, which every later state has too.
@@ -124,7 +124,7 @@ async fn every_down_migration_reverts_its_up_migration_exactly() {
 #[tokio::test(flavor = "multi_thread")]
 async fn reverting_every_migration_after_migrate_leaves_nothing() {
     let db = TestDb::empty().await;
-    let url = db.url().to_owned();
+    let url = db.migrator_url();
     let empty = tokio::task::spawn_blocking({
         let url = url.clone();
         move || {
@@ -148,7 +148,7 @@ async fn reverting_every_migration_after_migrate_leaves_nothing() {
 #[tokio::test]
 async fn sql_and_rust_agree_on_currency_codes() {
     let db = TestDb::new().await;
-    let mut conn = db.store().raw_connection().await.unwrap();
+    let mut conn = db.admin_connection().await;
     let listed = ISO_4217
         .iter()
         .map(|c| format!("'{c}'"))
@@ -157,7 +157,7 @@ async fn sql_and_rust_agree_on_currency_codes() {
     let all_known: bool = diesel::select(sql::<Bool>(&format!(
         "(SELECT bool_and(is_iso4217(c)) FROM unnest(ARRAY[{listed}]) c)"
     )))
-    .get_result(&mut *conn)
+    .get_result(&mut conn)
     .await
     .unwrap();
     assert!(all_known, "SQL rejects a code Rust accepts");
@@ -166,7 +166,7 @@ async fn sql_and_rust_agree_on_currency_codes() {
             substring(pg_get_functiondef('is_iso4217'::regproc) from '\\{{([A-Z,]+)\\}}'), ',')))",
         ISO_4217.len()
     )))
-    .get_result(&mut *conn)
+    .get_result(&mut conn)
     .await
     .unwrap();
     assert!(sql_count, "SQL accepts a code Rust rejects");
@@ -175,14 +175,14 @@ async fn sql_and_rust_agree_on_currency_codes() {
 #[tokio::test]
 async fn loyalty_app_has_no_update_or_delete_on_append_only_tables() {
     let db = TestDb::new().await;
-    let mut conn = db.store().raw_connection().await.unwrap();
+    let mut conn = db.admin_connection().await;
     for table in ["ledger_entries", "audit_logs", "consents"] {
         let may_change: bool = diesel::select(sql::<Bool>(&format!(
             "(has_table_privilege('loyalty_app', '{table}', 'UPDATE') \
               OR has_table_privilege('loyalty_app', '{table}', 'DELETE') \
               OR has_table_privilege('loyalty_app', '{table}', 'TRUNCATE'))"
         )))
-        .get_result(&mut *conn)
+        .get_result(&mut conn)
         .await
         .unwrap();
         assert!(!may_change, "{table} must be append-only for loyalty_app");
@@ -190,7 +190,7 @@ async fn loyalty_app_has_no_update_or_delete_on_append_only_tables() {
     let bypasses: bool = diesel::select(sql::<Bool>(
         "(SELECT rolbypassrls OR rolsuper OR rolcanlogin FROM pg_roles WHERE rolname = 'loyalty_app')",
     ))
-    .get_result(&mut *conn)
+    .get_result(&mut conn)
     .await
     .unwrap();
     assert!(!bypasses, "loyalty_app must be NOLOGIN NOBYPASSRLS");
@@ -199,7 +199,7 @@ async fn loyalty_app_has_no_update_or_delete_on_append_only_tables() {
 #[tokio::test]
 async fn every_tenant_owned_table_forces_rls_with_one_checked_policy() {
     let db = TestDb::new().await;
-    let mut conn = db.store().raw_connection().await.unwrap();
+    let mut conn = db.admin_connection().await;
     let all_forced: bool = diesel::select(sql::<Bool>(
         "(SELECT bool_and(c.relrowsecurity AND c.relforcerowsecurity \
                  AND p.polqual IS NOT NULL AND p.polwithcheck IS NOT NULL) \
@@ -207,7 +207,7 @@ async fn every_tenant_owned_table_forces_rls_with_one_checked_policy() {
             JOIN pg_policy p ON p.polrelid = c.oid \
            WHERE c.relkind = 'r' AND c.relnamespace = 'public'::regnamespace)",
     ))
-    .get_result(&mut *conn)
+    .get_result(&mut conn)
     .await
     .unwrap();
     assert!(all_forced);
@@ -217,7 +217,7 @@ async fn every_tenant_owned_table_forces_rls_with_one_checked_policy() {
             JOIN pg_policy p ON p.polrelid = c.oid \
            WHERE c.relkind = 'r' AND c.relnamespace = 'public'::regnamespace)",
     ))
-    .get_result(&mut *conn)
+    .get_result(&mut conn)
     .await
     .unwrap();
     assert!(covered, "all 13 tenant-owned tables carry a policy");

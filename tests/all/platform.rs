@@ -107,7 +107,7 @@ async fn invalid_input_is_refused_before_writing() {
 async fn the_database_enforces_the_same_rules() {
     use diesel_async::SimpleAsyncConnection;
     let db = TestDb::new().await;
-    let mut conn = db.store().raw_connection().await.unwrap();
+    let mut conn = db.admin_connection().await;
     for bad in [
         "INSERT INTO tenants (name, default_ccy) VALUES ('', 'USD')",
         "INSERT INTO tenants (name, default_ccy) VALUES ('Acme', 'XXX')",

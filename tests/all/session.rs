@@ -1,7 +1,7 @@
 //! Nothing one guard's SQL does to its session reaches the next guard on the
 //! same pooled connection, and no temporary table takes the place of one of
-//! the crate's tables. Checked for a superuser login (the harness's) and for
-//! a service login that is a plain member of `loyalty_app`.
+//! the crate's tables. Checked for every login the crate accepts, and for a
+//! superuser admitted through the opt-out where it can do more.
 
 use diesel::dsl::sql;
 use diesel::sql_types::{BigInt, Text};
@@ -10,7 +10,7 @@ use loyalty_store::prelude::*;
 use loyalty_store::testing::{CampaignFixture, TestDb};
 
 use crate::support::{
-    assert_books_balance, budget, issue, logins, money, service_login, single_connection,
+    assert_books_balance, budget, issue, logins, money, privileged_login, service_login,
 };
 
 async fn text(tx: &mut TenantConn, expression: &str) -> String {
@@ -90,9 +90,9 @@ async fn a_service_login_cannot_create_temporary_tables() {
     );
 }
 
-/// A superuser login can still create temporary tables, by leaving the
-/// guard's role; they never stand in for the crate's, in the guard that made
-/// them or in the next one.
+/// A superuser login (admitted only through the opt-out) can still create
+/// temporary tables, by leaving the guard's role; they never stand in for
+/// the crate's, in the guard that made them or in the next one.
 #[tokio::test]
 async fn a_temporary_table_never_takes_the_place_of_a_crate_table() {
     let db = TestDb::new().await;
@@ -102,7 +102,7 @@ async fn a_temporary_table_never_takes_the_place_of_a_crate_table() {
         .create(db.store())
         .await
         .unwrap();
-    let store = single_connection(db.url()).await;
+    let store = privileged_login(&db).await;
     // Inside a guard even a superuser acts as loyalty_app, which may not
     // create temporary tables: it has to step out of the role first.
     let shadows = "RESET ROLE; \

@@ -32,10 +32,10 @@ struct SchemaOid {
 #[tokio::test]
 async fn sql_and_rust_list_the_same_refusals() {
     let db = TestDb::new().await;
-    let mut conn = db.store().raw_connection().await.unwrap();
+    let mut conn = db.admin_connection().await;
     let labels: Vec<Label> =
         diesel::sql_query("SELECT unnest(enum_range(NULL::loyalty.refusal))::text AS label")
-            .load(&mut *conn)
+            .load(&mut conn)
             .await
             .unwrap();
     let sql: Vec<&str> = labels.iter().map(|l| l.label.as_str()).collect();
@@ -54,12 +54,12 @@ fn refusals_raised(body: &str) -> Vec<&str> {
 #[tokio::test]
 async fn every_refusal_is_raised_somewhere_and_nothing_else_is() {
     let db = TestDb::new().await;
-    let mut conn = db.store().raw_connection().await.unwrap();
+    let mut conn = db.admin_connection().await;
     let sources: Vec<Source> = diesel::sql_query(
         "SELECT p.proname::text AS name, p.prosrc AS body FROM pg_proc p \
           WHERE p.pronamespace = 'loyalty'::regnamespace",
     )
-    .load(&mut *conn)
+    .load(&mut conn)
     .await
     .unwrap();
     assert!(sources.len() > 20, "the layer's functions are installed");
@@ -89,10 +89,10 @@ fn the_source_scan_finds_what_it_should() {
 }
 
 async fn layer_oid(db: &TestDb) -> u32 {
-    let mut conn = db.store().raw_connection().await.unwrap();
+    let mut conn = db.admin_connection().await;
     let row: SchemaOid = diesel::sql_query("SELECT oid FROM pg_namespace WHERE nspname = $1")
         .bind::<Text, _>(SQL_LAYER_SCHEMA)
-        .get_result(&mut *conn)
+        .get_result(&mut conn)
         .await
         .unwrap();
     row.oid
@@ -102,7 +102,7 @@ async fn layer_oid(db: &TestDb) -> u32 {
 async fn migrate_rebuilds_the_layer_only_when_its_text_changed() {
     let db = TestDb::new().await;
     let before = layer_oid(&db).await;
-    let dump = schema_dump(db.url());
+    let dump = schema_dump(&db.superuser_url());
     assert!(db.store().migrate().await.unwrap().is_empty());
     assert_eq!(layer_oid(&db).await, before, "nothing changed: not rebuilt");
 
@@ -110,11 +110,11 @@ async fn migrate_rebuilds_the_layer_only_when_its_text_changed() {
     run_sql(&db, STALE).await;
     db.store().migrate().await.unwrap();
     assert_ne!(layer_oid(&db).await, before, "rebuilt");
-    assert_same_schema(&schema_dump(db.url()), &dump, "the rebuilt layer");
+    assert_same_schema(&schema_dump(&db.superuser_url()), &dump, "the rebuilt layer");
 }
 
 async fn run_sql(db: &TestDb, sql: &str) {
-    let mut conn = db.store().raw_connection().await.unwrap();
+    let mut conn = db.admin_connection().await;
     conn.batch_execute(sql).await.unwrap();
 }
 
@@ -188,7 +188,7 @@ async fn a_rebuild_waiting_on_a_long_transaction_retries_until_it_gets_through()
     let db = TestDb::new().await;
     let before = layer_oid(&db).await;
     run_sql(&db, STALE).await;
-    let mut long = db.store().raw_connection().await.unwrap();
+    let mut long = db.admin_connection().await;
     long.batch_execute("BEGIN; SELECT count(*) FROM budgets")
         .await
         .unwrap();

@@ -119,40 +119,73 @@ pub async fn wait_for_lock_waiters(store: &Store, locktype: &str, count: i64) {
     }
 }
 
-/// A login that owns nothing and can only become `loyalty_app`, created once
-/// per server (roles are cluster-wide).
+/// Runs `sql` as a superuser on the test's database.
+pub async fn as_admin(db: &TestDb, sql: &str) {
+    db.admin_connection()
+        .await
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Creates a login role once per server (roles are cluster-wide; tests in
+/// parallel may race to create it), then grants it `member_of`.
+pub async fn ensure_login(db: &TestDb, name: &str, attributes: &str, member_of: &[&str]) {
+    as_admin(
+        db,
+        &format!(
+            "DO $$ BEGIN CREATE ROLE {name} LOGIN {attributes}; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+        ),
+    )
+    .await;
+    for role in member_of {
+        as_admin(db, &format!("GRANT {role} TO {name}")).await;
+    }
+}
+
+/// The harness's service login, with a pool of one connection.
 pub async fn service_login(db: &TestDb) -> Store {
-    let mut admin = db.store().raw_connection().await.unwrap();
-    admin
-        .batch_execute(
-            "DO $$ BEGIN \
-               CREATE ROLE loyalty_test_service LOGIN NOINHERIT NOSUPERUSER NOBYPASSRLS \
-                 IN ROLE loyalty_app; \
-             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$",
-        )
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(db.url()).unwrap();
-    url.set_username("loyalty_test_service").unwrap();
-    // It may not read the guard key: the migrator's URL does that.
-    let config = Config::from_url(url.as_str())
-        .unwrap()
-        .with_pool_size(1)
-        .with_migrator_url(db.url());
-    Store::connect(config).await.unwrap()
+    Store::connect(db.config().with_pool_size(1)).await.unwrap()
 }
 
-pub async fn single_connection(url: &str) -> Store {
-    Store::connect(Config::from_url(url).unwrap().with_pool_size(1))
+/// A login that is an ordinary (inheriting) member of `loyalty_app`: as
+/// itself it holds the role's grants, but never a tenant in context.
+pub async fn inheriting_service_login(db: &TestDb) -> Store {
+    let name = "loyalty_test_service_inherit";
+    ensure_login(db, name, "INHERIT", &["loyalty_app"]).await;
+    Store::connect(login_config(db, name).with_pool_size(1))
         .await
         .unwrap()
 }
 
-/// Both logins, each with a pool of one connection, so every guard reuses
-/// the connection the one before it left.
+/// The test database's configuration, logging in as `login`.
+pub fn login_config(db: &TestDb, login: &str) -> Config {
+    let mut url = url::Url::parse(&db.url()).unwrap();
+    url.set_username(login).unwrap();
+    Config::from_url(url.as_str())
+        .unwrap()
+        .with_migrator_url(db.migrator_url())
+}
+
+/// A superuser, admitted only through the loudly named opt-out.
+pub async fn privileged_login(db: &TestDb) -> Store {
+    Store::connect(
+        Config::from_url(&db.superuser_url())
+            .unwrap()
+            .with_pool_size(1)
+            .danger_allow_privileged_login(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Every login the crate accepts without the opt-out, each with a pool of
+/// one connection, so every guard reuses the connection the one before it
+/// left.
 pub async fn logins(db: &TestDb) -> Vec<(&'static str, Store)> {
     vec![
-        ("superuser", single_connection(db.url()).await),
         ("service", service_login(db).await),
+        ("inheriting service", inheriting_service_login(db).await),
     ]
 }

@@ -184,7 +184,7 @@ async fn verify_ledger_finds_a_budget_changed_behind_its_back() {
     let db = TestDb::new().await;
     let store = db.store();
     let (tenant, budget) = shop(store).await;
-    let mut conn = store.raw_connection().await.unwrap();
+    let mut conn = db.admin_connection().await;
     conn.batch_execute(&format!(
         "UPDATE budgets SET reserved = 7 WHERE id = '{budget}'"
     ))

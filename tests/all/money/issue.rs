@@ -259,7 +259,7 @@ async fn a_global_limit_added_later_counts_what_was_issued() {
     for (n, c) in people.iter().take(3).enumerate() {
         issue(store, &p, *c, &format!("k{n}")).await.unwrap();
     }
-    let mut conn = store.raw_connection().await.unwrap();
+    let mut conn = db.admin_connection().await;
     conn.batch_execute(&format!(
         "UPDATE rules SET global_limit = 4 WHERE id = '{}'",
         p.rule

@@ -191,7 +191,7 @@ async fn redeeming_after_expiry_is_refused_even_before_the_sweep() {
         .unwrap();
     let ada = p.customers[0];
     let issued = issue(store, &p, ada, "k").await.unwrap();
-    let mut conn = store.raw_connection().await.unwrap();
+    let mut conn = db.admin_connection().await;
     conn.batch_execute(&format!(
         "UPDATE issuances SET issued_at = now() - interval '2 days', expires_at = now() - interval '1 day' \
          WHERE id = '{}'",

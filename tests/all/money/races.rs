@@ -10,14 +10,13 @@ use diesel_async::RunQueryDsl;
 use loyalty_store::prelude::*;
 use loyalty_store::schema::issuances;
 use loyalty_store::testing::{CampaignFixture, TestDb};
-use loyalty_store::{Config, LimitScope};
+use loyalty_store::LimitScope;
 
 const TASKS: usize = 32;
 
 async fn racing_store(db: &TestDb) -> Store {
     Store::connect(
-        Config::from_url(db.url())
-            .unwrap()
+        db.config()
             .with_pool_size(TASKS as u32),
     )
     .await

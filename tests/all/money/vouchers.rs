@@ -1,5 +1,6 @@
 //! Voucher-code pools.
 
+use diesel_async::RunQueryDsl;
 use loyalty_store::prelude::*;
 use loyalty_store::repo::voucher_codes::{IMPORT_CHUNK, StatusCounts, VoucherStatus};
 use loyalty_store::testing::CampaignFixture;
@@ -77,7 +78,7 @@ async fn import_takes_more_than_one_chunk_and_refuses_bad_codes_whole() {
 }
 
 #[tokio::test]
-async fn reserve_mark_issued_and_invalidate_move_codes_through_their_states() {
+async fn issuing_mark_issued_and_invalidate_move_codes_through_their_states() {
     let db = TestDb::new().await;
     let store = db.store();
     let p = CampaignFixture::builder()
@@ -85,7 +86,8 @@ async fn reserve_mark_issued_and_invalidate_move_codes_through_their_states() {
         .create(store)
         .await
         .unwrap();
-    let customer = crate::support::customers(store, p.tenant, 1).await[0];
+    let people = crate::support::customers(store, p.tenant, 2).await;
+    let customer = people[0];
     let mut tx = store.tenant(p.tenant).await.unwrap();
     tx.voucher_codes()
         .import(p.reward, &codes(&["ONLY", "SPARE"]))
@@ -121,14 +123,12 @@ async fn reserve_mark_issued_and_invalidate_move_codes_through_their_states() {
         .await
         .unwrap();
     assert_eq!(issued.voucher_code.as_deref(), Some("ONLY"));
-    let mut tx = store.tenant(p.tenant).await.unwrap();
-    let code_id = issued.issuance.voucher_code_id.unwrap();
     assert!(matches!(
-        tx.voucher_codes()
-            .reserve(p.reward, IssuanceId::new())
-            .await,
+        crate::support::issue(store, &p, people[1], "k2").await,
         Err(Error::Refused(Refusal::NoCodesAvailable))
     ));
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    let code_id = issued.issuance.voucher_code_id.unwrap();
     let delivered = tx.voucher_codes().mark_issued(code_id).await.unwrap();
     assert_eq!(delivered.status, VoucherStatus::Issued);
     assert!(delivered.issued_at.is_some());
@@ -161,36 +161,51 @@ async fn reserve_mark_issued_and_invalidate_move_codes_through_their_states() {
     tx.commit().await.unwrap();
 }
 
+/// Statuses move only through the repository (the SQL layer's functions):
+/// a guard's own SQL can neither return a held code to the pool nor import
+/// one already claimed.
 #[tokio::test]
-async fn a_code_reserved_for_an_issuance_that_never_appears_cannot_commit() {
+async fn a_guards_own_sql_cannot_move_a_code() {
     let db = TestDb::new().await;
     let store = db.store();
     let p = CampaignFixture::builder()
         .uses_codes()
+        .customers(1)
         .create(store)
         .await
         .unwrap();
-    let mut tx = store.tenant(p.tenant).await.unwrap();
-    tx.voucher_codes()
-        .import(p.reward, &codes(&["A"]))
+    crate::support::import_codes(store, &p, 1).await;
+    let issued = crate::support::issue(store, &p, p.customers[0], "k")
         .await
         .unwrap();
-    tx.commit().await.unwrap();
-    let mut tx = store.tenant(p.tenant).await.unwrap();
-    let code = tx
-        .voucher_codes()
-        .reserve(p.reward, IssuanceId::new())
-        .await
-        .unwrap();
-    assert_eq!(code.status, VoucherStatus::Reserved);
-    assert!(matches!(
-        tx.commit().await,
-        Err(Error::MissingReference { .. })
-    ));
+    for (login, store) in crate::support::logins(&db).await {
+        for attempt in [
+            "UPDATE voucher_codes SET status = 'available', issuance_id = NULL".to_owned(),
+            "UPDATE voucher_codes SET status = 'issued'".to_owned(),
+            format!(
+                "INSERT INTO voucher_codes (tenant_id, reward_id, code, status, issuance_id) \
+                 VALUES ('{}', '{}', 'FORGED', 'issued', '{}')",
+                p.tenant, p.reward, issued.issuance.id
+            ),
+        ] {
+            let mut tx = store.tenant(p.tenant).await.unwrap();
+            let outcome = diesel::sql_query(&attempt)
+                .execute(tx.conn())
+                .await
+                .map_err(Error::from);
+            assert!(
+                matches!(outcome, Err(Error::PermissionDenied { .. })),
+                "{login}: {attempt}: {outcome:?}"
+            );
+        }
+    }
     let mut tx = store.tenant(p.tenant).await.unwrap();
     assert_eq!(
-        tx.voucher_codes().counts(p.reward).await.unwrap().available,
-        1
+        tx.voucher_codes().counts(p.reward).await.unwrap(),
+        StatusCounts {
+            reserved: 1,
+            ..StatusCounts::default()
+        }
     );
 }
 
@@ -214,6 +229,12 @@ async fn pools_are_per_tenant() {
         .import(p.reward, &codes(&["A"]))
         .await
         .unwrap();
+    let code = tx
+        .voucher_codes()
+        .find(p.reward, "A")
+        .await
+        .unwrap()
+        .unwrap();
     tx.commit().await.unwrap();
     let mut tx = store.tenant(other).await.unwrap();
     assert_eq!(
@@ -221,10 +242,8 @@ async fn pools_are_per_tenant() {
         StatusCounts::default()
     );
     assert!(matches!(
-        tx.voucher_codes()
-            .reserve(p.reward, IssuanceId::new())
-            .await,
-        Err(Error::Refused(Refusal::NoCodesAvailable))
+        tx.voucher_codes().invalidate(code.id).await,
+        Err(Error::NotFound)
     ));
     let cross = tx.voucher_codes().import(p.reward, &codes(&["B"])).await;
     assert!(

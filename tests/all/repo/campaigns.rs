@@ -507,7 +507,7 @@ async fn rule_issuance_counts_mean_this_rule() {
     // Backfilled by the tables' owner: only the SQL layer's functions may
     // write issuances.
     tx.commit().await.unwrap();
-    let mut owner = store.raw_connection().await.unwrap();
+    let mut owner = db.admin_connection().await;
     owner.batch_execute(&sql).await.unwrap();
     drop(owner);
     let mut tx = store.tenant(a).await.unwrap();

@@ -1,0 +1,19 @@
+-- The moves of a voucher code a service makes by hand: a reserved code
+-- delivered to its customer ('issued'), an available one withdrawn from the
+-- pool ('invalid'). loyalty_app may import codes but not set a status, so a
+-- guard's own SQL cannot put a code back in the pool or take one away from
+-- an issuance. Returns whether the code moved; the caller reads the row to
+-- tell why not.
+CREATE FUNCTION loyalty.advance_code(p_id uuid, p_to text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    AS $$
+BEGIN
+    UPDATE public.voucher_codes
+       SET status = p_to,
+           issued_at = CASE WHEN p_to = 'issued' THEN now() ELSE issued_at END
+     WHERE tenant_id = public.current_tenant_id() AND id = p_id
+       AND status = CASE WHEN p_to = 'issued' THEN 'reserved'
+                         WHEN p_to = 'invalid' THEN 'available' END;
+    RETURN FOUND;
+END
+$$;
