@@ -190,7 +190,7 @@ fn pgbench_issuances(db: &TestDb, s: &Setup, clients: usize, run: Duration) -> M
             &format!("proof={}", s.proof),
             "-D",
             &format!("rule={}", s.rule),
-            db.url(),
+            &db.url(),
         ])
         .output()
         .expect("running pgbench");
@@ -343,8 +343,8 @@ fn import_with_psql_copy(url: &str, file: &Path) -> Duration {
 /// the pool's backends cache generic plans made while `issuances` was empty,
 /// and without fresh statistics nothing replaces them as the table grows
 /// (pgbench, reconnecting each run, would be measured with better plans).
-async fn vacuum_analyze(store: &Store) {
-    let mut conn = store.raw_connection().await.unwrap();
+async fn vacuum_analyze(db: &TestDb) {
+    let mut conn = db.admin_connection().await;
     conn.batch_execute("VACUUM ANALYZE budgets, rules, issuances, ledger_entries")
         .await
         .unwrap();
@@ -365,7 +365,7 @@ async fn main() {
     let run = Duration::from_secs(env("BENCH_SECONDS", 5));
     let code_count = env("BENCH_CODES", 1_000_000) as usize;
     let db = TestDb::new().await;
-    let store = Store::connect(Config::from_url(db.url()).unwrap().with_pool_size(32))
+    let store = Store::connect(db.config().with_pool_size(32))
         .await
         .unwrap();
     let s = setup(&store).await;
@@ -377,20 +377,16 @@ async fn main() {
     println!("| path | workers | issuances/s | p50 ms | p99 ms | crate / pgbench |");
     println!("|---|---|---|---|---|---|");
     for workers in [1, 8, 32] {
-        let sized = Store::connect(
-            Config::from_url(db.url())
-                .unwrap()
-                .with_pool_size(workers as u32),
-        )
-        .await
-        .unwrap();
+        let sized = Store::connect(db.config().with_pool_size(workers as u32))
+            .await
+            .unwrap();
         crate_issuances(&sized, &s, workers, Duration::from_millis(300)).await;
         let (mut floor, mut ours) = (Vec::new(), Vec::new());
         // The machine drifts (autovacuum, a growing table), so the paths take
         // turns, each starting from freshly vacuumed hot rows.
         for round in 0..ROUNDS {
             for crate_first in [round % 2 == 1, round % 2 == 0] {
-                vacuum_analyze(&store).await;
+                vacuum_analyze(&db).await;
                 if crate_first {
                     ours.push(crate_issuances(&sized, &s, workers, run).await);
                 } else {
@@ -418,7 +414,7 @@ async fn main() {
     let (mut plain, mut coded) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         for coded_first in [round % 2 == 1, round % 2 == 0] {
-            vacuum_analyze(&store).await;
+            vacuum_analyze(&db).await;
             if coded_first {
                 coded.push(batch_issuances(&store, &s, s.coded_rule, round).await);
             } else {
@@ -456,11 +452,18 @@ async fn main() {
                         .map(|c| format!("{},{reward},{c}\n", s.tenant))
                         .collect();
                     std::fs::write(file.path(), csv).unwrap();
-                    psql.push(import_with_psql_copy(db.url(), file.path()));
+                    psql.push(import_with_psql_copy(&db.superuser_url(), file.path()));
                 }
                 1 => unnest.push(import_with_crate(&store, s.tenant, reward, &codes).await),
                 _ => binary.push(
-                    import_with_binary_copy(db.url(), s.tenant, &s.proof, reward, &codes).await,
+                    import_with_binary_copy(
+                        &db.superuser_url(),
+                        s.tenant,
+                        &s.proof,
+                        reward,
+                        &codes,
+                    )
+                    .await,
                 ),
             }
         }

@@ -2,7 +2,8 @@
 //! to thousands of customers with `issue_batch`, a thousand per call,
 //! showing progress. Re-running a batch key replays instead of issuing twice.
 //!
-//! Uses `DATABASE_URL` when set; otherwise a throwaway database.
+//! Uses `DATABASE_URL` (a service login) and `MIGRATOR_DATABASE_URL` (the
+//! migrator) when set (see `docs/security.md`); otherwise a throwaway database.
 //! `BLAST_CUSTOMERS` sets the audience (default 5,000).
 
 use std::time::Instant;
@@ -24,7 +25,7 @@ async fn main() -> Result<()> {
         .unwrap_or(5000);
     let throwaway;
     let store = match std::env::var("DATABASE_URL") {
-        Ok(url) => Store::connect_url(&url).await?,
+        Ok(_) => Store::connect(Config::from_env()?).await?,
         Err(_) => {
             println!("DATABASE_URL is not set; using a throwaway database.");
             throwaway = TestDb::empty().await;

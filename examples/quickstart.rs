@@ -3,7 +3,8 @@
 //! campaign with a budget, voucher codes and a rule, issues a reward,
 //! redeems it, and prints the budget and its ledger.
 //!
-//! Uses `DATABASE_URL` when set; otherwise a throwaway database from the test
+//! Uses `DATABASE_URL` (a service login) and `MIGRATOR_DATABASE_URL` (the
+//! migrator) when set (see `docs/security.md`); otherwise a throwaway database from the test
 //! harness, so `cargo run --example quickstart` works on a fresh machine.
 
 use bigdecimal::BigDecimal;
@@ -18,7 +19,7 @@ use loyalty_store::testing::TestDb;
 async fn main() -> Result<()> {
     let throwaway;
     let store = match std::env::var("DATABASE_URL") {
-        Ok(url) => Store::connect_url(&url).await?,
+        Ok(_) => Store::connect(Config::from_env()?).await?,
         Err(_) => {
             println!("DATABASE_URL is not set; using a throwaway database.");
             throwaway = TestDb::empty().await;

@@ -1,7 +1,8 @@
 //! Seeds the demo tenant and prints what it made. Run it twice: the second
 //! run inserts nothing.
 //!
-//! Uses `DATABASE_URL` when set; otherwise a throwaway database.
+//! Uses `DATABASE_URL` (a service login) and `MIGRATOR_DATABASE_URL` (the
+//! migrator) when set (see `docs/security.md`); otherwise a throwaway database.
 
 use loyalty_store::demo::{DEMO_TENANT, seed_demo};
 use loyalty_store::prelude::*;
@@ -11,7 +12,7 @@ use loyalty_store::testing::TestDb;
 async fn main() -> Result<()> {
     let throwaway;
     let store = match std::env::var("DATABASE_URL") {
-        Ok(url) => Store::connect_url(&url).await?,
+        Ok(_) => Store::connect(Config::from_env()?).await?,
         Err(_) => {
             println!("DATABASE_URL is not set; using a throwaway database.");
             throwaway = TestDb::empty().await;

@@ -158,6 +158,19 @@ impl Config {
         Ok(config)
     }
 
+    /// [`Config::from_url`] on `DATABASE_URL` (the service login), with
+    /// `MIGRATOR_DATABASE_URL`, when set, as the migrator's URL
+    /// ([`Config::with_migrator_url`]).
+    pub fn from_env() -> Result<Self> {
+        let url = std::env::var("DATABASE_URL")
+            .map_err(|_| Error::Config("DATABASE_URL is not set".into()))?;
+        let config = Config::from_url(&url)?;
+        Ok(match std::env::var("MIGRATOR_DATABASE_URL") {
+            Ok(migrator) if !migrator.is_empty() => config.with_migrator_url(migrator),
+            _ => config,
+        })
+    }
+
     /// Sets the maximum number of pooled connections.
     pub fn with_pool_size(mut self, pool_size: u32) -> Self {
         self.pool_size = pool_size.max(1);

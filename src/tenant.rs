@@ -26,8 +26,7 @@ diesel::define_sql_function! {
 /// Puts a transaction in the role every scope acts as, with a search path
 /// where `pg_temp` comes last, so a temporary table never shadows one of the
 /// crate's. Both settings are transaction-local.
-pub(crate) const ACT_AS_APP: &str =
-    "SELECT set_config('search_path', 'public, pg_temp', true), set_config('role', 'loyalty_app', true)";
+pub(crate) const ACT_AS_APP: &str = "SELECT set_config('search_path', 'public, pg_temp', true), set_config('role', 'loyalty_app', true)";
 
 type Pooled = bb8::PooledConnection<'static, AsyncDieselConnectionManager<AsyncPgConnection>>;
 

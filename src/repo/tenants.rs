@@ -102,10 +102,20 @@ pub(crate) fn validate_theme(theme: &Value) -> Result<()> {
 
 /// A page of tenants ordered by id (ids are time-ordered, so this is also
 /// creation order). Pass the last id seen as `after` for the next page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The default is the first page of 100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TenantPage {
     pub after: Option<TenantId>,
     pub limit: u32,
+}
+
+impl Default for TenantPage {
+    fn default() -> Self {
+        TenantPage {
+            after: None,
+            limit: 100,
+        }
+    }
 }
 
 /// Tenant provisioning. [`crate::Platform`] implements it; a service's unit tests can

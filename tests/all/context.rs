@@ -113,9 +113,10 @@ async fn the_guard_key_is_out_of_reach_inside_a_guard() {
     }
 }
 
-/// A login that owns nothing gains nothing by leaving the guard's role: as
-/// itself it has no privilege on the crate's tables, and it cannot become
-/// anyone else.
+/// A login the crate accepts gains nothing by leaving the guard's role: it
+/// owns nothing, cannot become anyone but `loyalty_app`, and the tenant in
+/// context is still the guard's. (A `NOINHERIT` login is refused outright;
+/// an inheriting one holds `loyalty_app`'s grants, which reach only A.)
 #[tokio::test]
 async fn a_service_login_that_leaves_the_guards_role_reaches_nothing() {
     let db = TestDb::new().await;
@@ -124,20 +125,100 @@ async fn a_service_login_that_leaves_the_guards_role_reaches_nothing() {
         .create(db.store())
         .await
         .unwrap();
-    let store = crate::support::service_login(&db).await;
-    for escape in [
-        "RESET ROLE; SELECT count(*) FROM customers",
-        "RESET ROLE; UPDATE budgets SET hard_cap = hard_cap + 1000000",
-        "RESET ROLE; ALTER TABLE customers NO FORCE ROW LEVEL SECURITY",
-        "SET ROLE postgres",
-        "SET SESSION AUTHORIZATION postgres",
-        "RESET ROLE; SELECT key FROM loyalty_secret.guard_key",
-    ] {
+    let b = CampaignFixture::builder()
+        .customers(2)
+        .create(db.store())
+        .await
+        .unwrap();
+    let budget_before = crate::support::budget(db.store(), &a).await;
+    for (login, store) in logins(&db).await {
         let mut tx = store.tenant(a.tenant).await.unwrap();
-        let outcome = tx.conn().batch_execute(escape).await.map_err(Error::from);
-        assert!(
-            matches!(outcome, Err(Error::PermissionDenied { .. })),
-            "{escape}: {outcome:?}"
-        );
+        let seen = diesel::select(sql::<BigInt>(
+            "(SELECT count(*) FROM customers WHERE tenant_id <> current_setting('app.tenant_id')::uuid)",
+        ));
+        tx.conn().batch_execute("RESET ROLE").await.unwrap();
+        match seen.get_result::<i64>(tx.conn()).await.map_err(Error::from) {
+            Ok(foreign) => assert_eq!(foreign, 0, "{login}: sees another tenant's customers"),
+            Err(Error::PermissionDenied { .. }) => {}
+            Err(other) => panic!("{login}: {other:?}"),
+        }
+        drop(tx);
+        for escape in [
+            "RESET ROLE; UPDATE budgets SET hard_cap = hard_cap + 1000000",
+            "RESET ROLE; ALTER TABLE customers NO FORCE ROW LEVEL SECURITY",
+            "RESET ROLE; ALTER TABLE customers DISABLE ROW LEVEL SECURITY",
+            "RESET ROLE; DROP POLICY tenant_isolation ON customers",
+            "RESET ROLE; CREATE OR REPLACE FUNCTION current_tenant_id() RETURNS uuid \
+               LANGUAGE sql AS 'SELECT NULL::uuid'",
+            "RESET ROLE; CREATE FUNCTION public.now() RETURNS timestamptz \
+               LANGUAGE sql AS 'SELECT NULL::timestamptz'",
+            "SET ROLE postgres",
+            "SET ROLE loyalty_test_migrator",
+            "SET SESSION AUTHORIZATION postgres",
+            "RESET ROLE; SELECT key FROM loyalty_secret.guard_key",
+            "RESET ROLE; CREATE TEMP TABLE customers (LIKE public.customers)",
+        ] {
+            let mut tx = store.tenant(a.tenant).await.unwrap();
+            let outcome = tx.conn().batch_execute(escape).await.map_err(Error::from);
+            assert!(
+                matches!(outcome, Err(Error::PermissionDenied { .. })),
+                "{login}: {escape}: {outcome:?}"
+            );
+        }
     }
+    assert_eq!(crate::support::budget(db.store(), &a).await, budget_before);
+    let mut tx = db.store().tenant(b.tenant).await.unwrap();
+    assert_eq!(count(&mut tx, "SELECT count(*) FROM customers").await, 2);
+}
+
+/// Tenant provisioning acts as `loyalty_app` too, with a proof of its own:
+/// SQL sent through a guard can neither provision nor suspend a tenant, nor
+/// see any tenant but its own, with or without a forged platform proof.
+#[tokio::test]
+async fn the_platform_scope_cannot_be_entered_from_a_guard() {
+    let db = TestDb::new().await;
+    let a = CampaignFixture::builder().create(db.store()).await.unwrap();
+    let b = CampaignFixture::builder().create(db.store()).await.unwrap();
+    for (login, store) in logins(&db).await {
+        for forgery in [
+            "SELECT 1".to_owned(),
+            "SELECT set_config('app.platform_proof', repeat('0', 64), true)".to_owned(),
+            "SELECT set_config('app.platform_proof', current_setting('app.tenant_proof'), true)"
+                .to_owned(),
+        ] {
+            let mut tx = store.tenant(a.tenant).await.unwrap();
+            tx.conn().batch_execute(&forgery).await.unwrap();
+            assert_eq!(
+                count(&mut tx, "SELECT count(*) FROM tenants").await,
+                1,
+                "{login}: {forgery}"
+            );
+            let suspended = diesel::sql_query(format!(
+                "UPDATE tenants SET status = 'suspended' WHERE id = '{}'",
+                b.tenant
+            ))
+            .execute(tx.conn())
+            .await
+            .unwrap();
+            assert_eq!(suspended, 0, "{login}: {forgery}");
+            let created = diesel::sql_query(
+                "INSERT INTO tenants (name, default_ccy) VALUES ('Forged', 'USD')",
+            )
+            .execute(tx.conn())
+            .await
+            .map_err(Error::from);
+            assert!(
+                matches!(created, Err(Error::PermissionDenied { .. })),
+                "{login}: {forgery}: {created:?}"
+            );
+        }
+    }
+    let tenants = db
+        .store()
+        .platform()
+        .list(TenantPage::default())
+        .await
+        .unwrap();
+    assert_eq!(tenants.len(), 2);
+    assert!(tenants.iter().all(|t| t.status == TenantStatus::Active));
 }

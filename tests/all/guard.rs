@@ -83,9 +83,7 @@ async fn dropped_guard_writes_nothing_and_returns_a_clean_connection() {
     let db = TestDb::new().await;
     // One connection, so the next checkout is the very connection the
     // dropped guard used.
-    let store = Store::connect(db.config().with_pool_size(1))
-        .await
-        .unwrap();
+    let store = Store::connect(db.config().with_pool_size(1)).await.unwrap();
     let acme = tenant(&store, "Acme").await;
     {
         let mut tx = store.tenant(acme).await.unwrap();
@@ -122,9 +120,7 @@ async fn explicit_rollback_writes_nothing() {
 #[tokio::test]
 async fn committed_guard_returns_a_connection_without_context() {
     let db = TestDb::new().await;
-    let store = Store::connect(db.config().with_pool_size(1))
-        .await
-        .unwrap();
+    let store = Store::connect(db.config().with_pool_size(1)).await.unwrap();
     let acme = tenant(&store, "Acme").await;
     let tx = store.tenant(acme).await.unwrap();
     tx.commit().await.unwrap();
@@ -179,9 +175,7 @@ async fn a_superuser_admitted_by_the_opt_out_still_isolates_its_guards() {
 #[tokio::test]
 async fn unknown_tenant_is_a_typed_error_and_the_connection_survives() {
     let db = TestDb::new().await;
-    let store = Store::connect(db.config().with_pool_size(1))
-        .await
-        .unwrap();
+    let store = Store::connect(db.config().with_pool_size(1)).await.unwrap();
     let ghost = TenantId::new();
     assert!(matches!(
         store.tenant(ghost).await,
@@ -310,7 +304,8 @@ async fn guards_work_without_the_prepared_statement_cache() {
         .create(db.store())
         .await
         .unwrap();
-    let config = db.config()
+    let config = db
+        .config()
         .with_pool_size(1)
         .with_prepared_statements(false);
     let store = Store::connect(config).await.unwrap();

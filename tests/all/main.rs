@@ -6,6 +6,7 @@ mod context;
 mod demo;
 mod guard;
 mod isolation;
+mod logins;
 mod migrations;
 mod money;
 mod ops;

@@ -9,9 +9,7 @@ use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use loyalty_store::prelude::*;
 use loyalty_store::testing::{CampaignFixture, TestDb};
 
-use crate::support::{
-    assert_books_balance, budget, issue, logins, money, privileged_login, service_login,
-};
+use crate::support::{assert_books_balance, budget, issue, logins, money, privileged_login};
 
 async fn text(tx: &mut TenantConn, expression: &str) -> String {
     diesel::select(sql::<Text>(expression))
@@ -77,17 +75,20 @@ async fn session_settings_made_in_one_guard_do_not_reach_the_next() {
 async fn a_service_login_cannot_create_temporary_tables() {
     let db = TestDb::new().await;
     let shop = CampaignFixture::builder().create(db.store()).await.unwrap();
-    let store = service_login(&db).await;
-    let mut tx = store.tenant(shop.tenant).await.unwrap();
-    let created = tx
-        .conn()
-        .batch_execute("CREATE TEMP TABLE customers (LIKE public.customers)")
-        .await
-        .map_err(Error::from);
-    assert!(
-        matches!(created, Err(Error::PermissionDenied { .. })),
-        "{created:?}"
-    );
+    for (login, store) in logins(&db).await {
+        for create in [
+            "CREATE TEMP TABLE customers (LIKE public.customers)",
+            "RESET ROLE; CREATE TEMP TABLE customers (LIKE public.customers)",
+            "CREATE TABLE pg_temp.issuances (LIKE public.issuances)",
+        ] {
+            let mut tx = store.tenant(shop.tenant).await.unwrap();
+            let created = tx.conn().batch_execute(create).await.map_err(Error::from);
+            assert!(
+                matches!(created, Err(Error::PermissionDenied { .. })),
+                "{login}: {create}: {created:?}"
+            );
+        }
+    }
 }
 
 /// A superuser login (admitted only through the opt-out) can still create

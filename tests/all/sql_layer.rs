@@ -110,7 +110,11 @@ async fn migrate_rebuilds_the_layer_only_when_its_text_changed() {
     run_sql(&db, STALE).await;
     db.store().migrate().await.unwrap();
     assert_ne!(layer_oid(&db).await, before, "rebuilt");
-    assert_same_schema(&schema_dump(&db.superuser_url()), &dump, "the rebuilt layer");
+    assert_same_schema(
+        &schema_dump(&db.superuser_url()),
+        &dump,
+        "the rebuilt layer",
+    );
 }
 
 async fn run_sql(db: &TestDb, sql: &str) {

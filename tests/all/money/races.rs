@@ -7,20 +7,17 @@ use crate::support::{assert_books_balance, budget, customers, import_codes, issu
 use chrono::{Duration, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use loyalty_store::LimitScope;
 use loyalty_store::prelude::*;
 use loyalty_store::schema::issuances;
 use loyalty_store::testing::{CampaignFixture, TestDb};
-use loyalty_store::LimitScope;
 
 const TASKS: usize = 32;
 
 async fn racing_store(db: &TestDb) -> Store {
-    Store::connect(
-        db.config()
-            .with_pool_size(TASKS as u32),
-    )
-    .await
-    .unwrap()
+    Store::connect(db.config().with_pool_size(TASKS as u32))
+        .await
+        .unwrap()
 }
 
 /// Runs `TASKS` issuances at once; task `n` issues to `customer(n)` under key `key(n)`.
