@@ -32,6 +32,9 @@ pub enum LoginPrivilege {
     /// first on the search path, run inside the crate's `SECURITY DEFINER`
     /// functions as their owner.
     Create { role: String, schema: String },
+    /// `TEMPORARY` on the database, granted to the role itself (`migrate()`
+    /// revokes PUBLIC's): a temporary table may shadow a crate table.
+    Temporary { role: String },
 }
 
 impl std::fmt::Display for LoginPrivilege {
@@ -44,6 +47,9 @@ impl std::fmt::Display for LoginPrivilege {
             LoginPrivilege::Owner { role, object } => write!(f, "{role} owns {object}"),
             LoginPrivilege::Create { role, schema } => {
                 write!(f, "{role} may CREATE in schema {schema}")
+            }
+            LoginPrivilege::Temporary { role } => {
+                write!(f, "{role} may create temporary tables")
             }
         }
     }
@@ -88,6 +94,12 @@ SELECT r.rolname::text, 'owner', 'function ' || p.oid::pg_catalog.regprocedure::
   JOIN crate_schemas s ON s.oid = p.pronamespace
   JOIN reachable r ON r.oid = p.proowner
 UNION ALL
+SELECT r.rolname::text, 'temporary', NULL
+  FROM pg_catalog.pg_database d
+  CROSS JOIN LATERAL pg_catalog.aclexplode(d.datacl) AS granted
+  JOIN reachable r ON r.oid = granted.grantee
+ WHERE d.datname = pg_catalog.current_database() AND granted.privilege_type = 'TEMPORARY'
+UNION ALL
 SELECT r.rolname::text, 'create', n.nspname::text
   FROM pg_catalog.pg_namespace n CROSS JOIN reachable r
  WHERE n.nspname NOT LIKE 'pg\\_%temp\\_%'
@@ -118,6 +130,7 @@ impl From<Held> for LoginPrivilege {
             "createrole" => LoginPrivilege::CreateRole { role },
             "predefined_role" => LoginPrivilege::PredefinedRole { role },
             "owner" => LoginPrivilege::Owner { role, object },
+            "temporary" => LoginPrivilege::Temporary { role },
             _ => LoginPrivilege::Create {
                 role,
                 schema: object,

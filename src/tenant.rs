@@ -189,20 +189,23 @@ impl TenantConn {
     /// The connection, for diesel queries of your own. Everything run on it is
     /// part of this guard's transaction and sees only this tenant's rows.
     ///
-    /// What SQL sent here cannot do, whatever it is (an injection included),
-    /// when the store's login is a service login that owns nothing and is a
-    /// plain member of `loyalty_app`:
+    /// The threat model (`docs/security.md`): whatever SQL is sent here, an
+    /// injection included, and whatever login the store uses, as long as
+    /// [`crate::Store::connect`] accepted it without
+    /// [`crate::Config::danger_allow_privileged_login`], it cannot
     /// - act for another tenant: setting `app.tenant_id` (or any other
     ///   setting) without the guard's proof puts no tenant in context, and
     ///   the guard key cannot be read;
-    /// - leave anything for the next guard on this connection: the session is
-    ///   reset when this guard ends;
-    /// - create temporary tables, or make one stand in for a crate table.
+    /// - enter the platform scope, or see any tenant's row but this one;
+    /// - leave the guard's role for one with more privileges, or change the
+    ///   crate's tables, policies or functions;
+    /// - set budget figures, rule counters, issuance or code statuses, or
+    ///   ledger entries, except through the repository methods;
+    /// - leave anything for the next guard on this connection: the session
+    ///   is reset when this guard ends, and temporary tables cannot be made.
     ///
-    /// What it still can, until the work on logins and column privileges is
-    /// done: with a superuser or table-owner login, `RESET ROLE` and with it
-    /// every protection; with any login, write budget figures, rule counters
-    /// and statuses directly, which `verify_ledger` then reports.
+    /// It can do what this tenant's guard may: read and change this tenant's
+    /// rows within `loyalty_app`'s grants.
     pub fn conn(&mut self) -> &mut AsyncPgConnection {
         self.raw = true;
         self.db()

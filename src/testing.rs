@@ -116,6 +116,11 @@ impl TestDb {
         service_config(&server().admin_url, &self.name)
     }
 
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The database's URL as the service login, for tools.
     pub fn url(&self) -> String {
         login_url(&server().admin_url, &self.name, SERVICE_LOGIN)

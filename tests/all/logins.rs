@@ -47,6 +47,15 @@ async fn connect_refuses_every_login_that_can_leave_isolation() {
     .await;
     ensure_login(&db, "loyalty_test_creator", "NOINHERIT", &["loyalty_app"]).await;
     as_admin(&db, "GRANT CREATE ON SCHEMA public TO loyalty_test_creator").await;
+    ensure_login(&db, "loyalty_test_temp", "NOINHERIT", &["loyalty_app"]).await;
+    as_admin(
+        &db,
+        &format!(
+            "GRANT TEMPORARY ON DATABASE {} TO loyalty_test_temp",
+            db.name()
+        ),
+    )
+    .await;
 
     let superuser = Config::from_url(&db.superuser_url()).unwrap();
     let (login, privileges) = refusal(superuser).await;
@@ -95,6 +104,12 @@ async fn connect_refuses_every_login_that_can_leave_isolation() {
             LoginPrivilege::Owner {
                 role: "loyalty_test_migrator".into(),
                 object: "table public.customers".into(),
+            },
+        ),
+        (
+            "loyalty_test_temp",
+            LoginPrivilege::Temporary {
+                role: "loyalty_test_temp".into(),
             },
         ),
         (
