@@ -45,12 +45,15 @@ const LAYER_ATTEMPTS: u32 = 5;
 const MARKER_PREFIX: &str = "loyalty-store SQL layer";
 
 /// Database-wide settings `migrate()` keeps on every run. PUBLIC loses
-/// `TEMPORARY`: a temporary table could otherwise shadow one of the crate's
-/// for later guards on the same pooled connection. (A database cloned from a
-/// template does not inherit its privileges, hence every run.)
+/// `TEMPORARY`, since a temporary table could shadow one of the crate's, and
+/// `CREATE` on schema `public` (a database made before PostgreSQL 15 still
+/// grants it), since a look-alike of a built-in function there could run
+/// inside the crate's `SECURITY DEFINER` functions. (A database cloned from
+/// a template does not inherit its privileges, hence every run.)
 const HARDEN_DATABASE: &str = "DO $$ BEGIN \
      EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database()); \
-     END $$";
+     END $$; \
+     REVOKE CREATE ON SCHEMA public FROM PUBLIC";
 
 type SyncConnection = AsyncConnectionWrapper<AsyncPgConnection>;
 

@@ -29,8 +29,10 @@ pub(crate) type PgPool = Pool<AsyncPgConnection>;
 ///
 /// ```no_run
 /// # async fn demo() -> loyalty_store::Result<()> {
-/// use loyalty_store::Store;
-/// let store = Store::connect_url("postgres://svc@db/loyalty").await?;
+/// use loyalty_store::{Config, Store};
+/// let config = Config::from_url("postgres://svc@db/loyalty")?
+///     .with_migrator_url("postgres://owner@db/loyalty");
+/// let store = Store::connect(config).await?;
 /// store.migrate().await?;
 /// # Ok(()) }
 /// ```

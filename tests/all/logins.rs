@@ -151,3 +151,22 @@ async fn the_opt_out_admits_a_privileged_login_and_the_service_login_needs_none(
     let service = Store::connect(db.config()).await;
     assert!(service.is_ok(), "{service:?}");
 }
+
+/// A database made before PostgreSQL 15 grants `CREATE` on `public` to
+/// PUBLIC: the service login is refused until `migrate()` takes it away.
+#[tokio::test]
+async fn migrate_takes_create_on_public_away_from_public() {
+    let db = TestDb::new().await;
+    as_admin(&db, "GRANT CREATE ON SCHEMA public TO PUBLIC").await;
+    let (_, privileges) = refusal(db.config()).await;
+    assert!(
+        privileges.contains(&LoginPrivilege::Create {
+            role: "loyalty_test_service".into(),
+            schema: "public".into(),
+        }),
+        "{privileges:?}"
+    );
+    db.store().migrate().await.unwrap();
+    let store = Store::connect(db.config()).await;
+    assert!(store.is_ok(), "{store:?}");
+}
