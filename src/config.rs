@@ -28,6 +28,8 @@ pub enum Recycling {
 /// | `connect_timeout` | 5 | seconds to open a connection (libpq's own) |
 /// | `checkout_timeout_ms` | 5000 | wait for a free pooled connection |
 /// | `statement_timeout_ms` | 30000 | per statement; `0` disables it |
+/// | `lock_timeout_ms` | 5000 | per lock wait, `COMMIT`'s included; `0` disables it |
+/// | `idle_in_transaction_timeout_ms` | 60000 | a guard idle this long loses its session; `0` disables it |
 /// | `prepared_statements` | `true` | `false` behind PgBouncer in transaction mode |
 /// | `recycling` | `fast` | `fast` or `verified` (see [`Recycling`]) |
 ///
@@ -47,6 +49,12 @@ pub struct Config {
     pub pool_size: u32,
     pub checkout_timeout: Duration,
     pub statement_timeout: Option<Duration>,
+    /// How long a statement, `COMMIT`'s deferred checks included, waits for
+    /// a lock before failing with [`Error::Timeout`].
+    pub lock_timeout: Option<Duration>,
+    /// How long a guard may sit idle inside its transaction before the
+    /// server ends the session (and with it the guard's locks).
+    pub idle_in_transaction_timeout: Option<Duration>,
     pub prepared_statements: bool,
     pub recycling: Recycling,
     /// Where [`crate::Store::migrate`] connects, and where the guard key is
@@ -70,6 +78,11 @@ impl std::fmt::Debug for Config {
             .field("pool_size", &self.pool_size)
             .field("checkout_timeout", &self.checkout_timeout)
             .field("statement_timeout", &self.statement_timeout)
+            .field("lock_timeout", &self.lock_timeout)
+            .field(
+                "idle_in_transaction_timeout",
+                &self.idle_in_transaction_timeout,
+            )
             .field("prepared_statements", &self.prepared_statements)
             .field("recycling", &self.recycling)
             .field("migrator_url", &self.migrator_url.as_deref().map(redacted))
@@ -108,23 +121,33 @@ impl Config {
             pool_size: 10,
             checkout_timeout: Duration::from_millis(5000),
             statement_timeout: Some(Duration::from_millis(30_000)),
+            lock_timeout: Some(Duration::from_millis(5_000)),
+            idle_in_transaction_timeout: Some(Duration::from_millis(60_000)),
             prepared_statements: true,
             recycling: Recycling::Fast,
             migrator_url: None,
             guard_key: None,
             allow_privileged_login: false,
         };
-        let mut passthrough = Vec::new();
+        // libpq's own parameters pass through as written: decoding and
+        // re-encoding them would turn `%20` into `+`, which the driver does
+        // not read as a space.
+        let mut passthrough: Vec<&str> = Vec::new();
         let mut has_connect_timeout = false;
-        for (key, value) in parsed.query_pairs() {
+        let query = parsed.query().unwrap_or_default().to_owned();
+        for raw in query.split('&').filter(|pair| !pair.is_empty()) {
+            let Some((key, value)) = url::form_urlencoded::parse(raw.as_bytes()).next() else {
+                continue;
+            };
             match key.as_ref() {
                 "pool_size" => config.pool_size = parse_number(&key, &value)?,
                 "checkout_timeout_ms" => {
                     config.checkout_timeout = Duration::from_millis(parse_number(&key, &value)?)
                 }
-                "statement_timeout_ms" => {
-                    let ms: u64 = parse_number(&key, &value)?;
-                    config.statement_timeout = (ms > 0).then(|| Duration::from_millis(ms));
+                "statement_timeout_ms" => config.statement_timeout = parse_timeout(&key, &value)?,
+                "lock_timeout_ms" => config.lock_timeout = parse_timeout(&key, &value)?,
+                "idle_in_transaction_timeout_ms" => {
+                    config.idle_in_transaction_timeout = parse_timeout(&key, &value)?
                 }
                 "prepared_statements" => config.prepared_statements = parse_bool(&key, &value)?,
                 "recycling" => {
@@ -140,20 +163,16 @@ impl Config {
                 }
                 _ => {
                     has_connect_timeout |= key == "connect_timeout";
-                    passthrough.push((key.into_owned(), value.into_owned()));
+                    passthrough.push(raw);
                 }
             }
         }
-        if config.pool_size == 0 {
-            return Err(Error::Config("pool_size must be at least 1".into()));
-        }
+        config.validate()?;
+        let default_connect_timeout = format!("connect_timeout={DEFAULT_CONNECT_TIMEOUT_SECS}");
         if !has_connect_timeout {
-            passthrough.push((
-                "connect_timeout".into(),
-                DEFAULT_CONNECT_TIMEOUT_SECS.into(),
-            ));
+            passthrough.push(&default_connect_timeout);
         }
-        parsed.query_pairs_mut().clear().extend_pairs(passthrough);
+        parsed.set_query(Some(&passthrough.join("&")));
         config.database_url = parsed.into();
         Ok(config)
     }
@@ -171,6 +190,20 @@ impl Config {
         })
     }
 
+    /// Refuses settings the pool cannot run with; [`crate::Store::connect`]
+    /// calls it, since the fields are public.
+    pub fn validate(&self) -> Result<()> {
+        if self.pool_size == 0 {
+            return Err(Error::Config("pool_size must be at least 1".into()));
+        }
+        if self.checkout_timeout.is_zero() {
+            return Err(Error::Config(
+                "checkout_timeout_ms must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Sets the maximum number of pooled connections.
     pub fn with_pool_size(mut self, pool_size: u32) -> Self {
         self.pool_size = pool_size.max(1);
@@ -186,6 +219,18 @@ impl Config {
     /// Sets, or with `None` removes, the per-statement timeout.
     pub fn with_statement_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.statement_timeout = timeout;
+        self
+    }
+
+    /// Sets, or with `None` removes, the lock timeout.
+    pub fn with_lock_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// Sets, or with `None` removes, the idle-in-transaction timeout.
+    pub fn with_idle_in_transaction_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_in_transaction_timeout = timeout;
         self
     }
 
@@ -233,6 +278,12 @@ fn parse_number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T> {
             "{key} must be a non-negative integer, not {value:?}"
         ))
     })
+}
+
+/// A timeout in milliseconds; `0` turns it off.
+fn parse_timeout(key: &str, value: &str) -> Result<Option<Duration>> {
+    let ms: u64 = parse_number(key, value)?;
+    Ok((ms > 0).then(|| Duration::from_millis(ms)))
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool> {
@@ -290,11 +341,35 @@ mod tests {
     }
 
     #[test]
+    fn passthrough_parameters_keep_their_encoding() {
+        let config = Config::from_url(
+            "postgres://h/db?application_name=my%20app&pool_size=2&options=-c%20x%3Dy",
+        )
+        .unwrap();
+        assert_eq!(
+            config.database_url,
+            "postgres://h/db?application_name=my%20app&options=-c%20x%3Dy&connect_timeout=5"
+        );
+    }
+
+    #[test]
+    fn timeouts_are_read_and_zero_turns_them_off() {
+        let config = Config::from_url(
+            "postgres://h/db?lock_timeout_ms=250&idle_in_transaction_timeout_ms=0",
+        )
+        .unwrap();
+        assert_eq!(config.lock_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(config.idle_in_transaction_timeout, None);
+    }
+
+    #[test]
     fn bad_values_are_typed_errors() {
         for url in [
             "mysql://h/db",
             "postgres://h/db?pool_size=0",
             "postgres://h/db?pool_size=many",
+            "postgres://h/db?checkout_timeout_ms=0",
+            "postgres://h/db?lock_timeout_ms=-1",
             "postgres://h/db?recycling=sometimes",
             "postgres://h/db?prepared_statements=maybe",
             "not a url",

@@ -62,10 +62,27 @@ pub enum Error {
     /// Serialization failure (40001) or deadlock (40P01): run the unit of work again.
     #[error("transient conflict, retry: {message}")]
     Retryable { message: String },
-    /// No pooled connection became free within the checkout timeout.
+    /// A statement ran past the statement timeout, or waited for a lock
+    /// past the lock timeout (see [`crate::Config`]). The guard's work is
+    /// lost; a lock timeout is worth retrying.
+    #[error("{kind} timeout: {message}")]
+    Timeout { kind: TimeoutKind, message: String },
+    /// The connection broke before the work finished (the server went
+    /// away, the network failed, the session was terminated). Nothing of the
+    /// unit of work was kept; run it again.
+    #[error("connection lost: {message}")]
+    ConnectionLost { message: String },
+    /// The connection broke while `COMMIT` was on its way: the work may or
+    /// may not have been kept. Check before running it again, for example
+    /// by finding the issuance by its idempotency key, or run it again only
+    /// if it is idempotent (see [`crate::Store::retrying`]).
+    #[error("the commit's outcome is unknown: {message}")]
+    CommitOutcomeUnknown { message: String },
+    /// Every pooled connection stayed busy for the whole checkout timeout.
     #[error("timed out waiting for a pooled connection")]
     PoolTimeout,
-    /// A new connection could not be opened.
+    /// A new connection could not be opened: the server is unreachable, the
+    /// login was refused, or the database does not exist. The cause is kept.
     #[error("connection failed: {0}")]
     Connection(#[from] diesel::ConnectionError),
     /// The store's login could leave tenant isolation: it is a superuser,
@@ -93,13 +110,41 @@ pub enum Error {
     Database(DieselError),
 }
 
+/// Which timeout [`Error::Timeout`] hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeoutKind {
+    Statement,
+    Lock,
+}
+
+impl std::fmt::Display for TimeoutKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TimeoutKind::Statement => "statement",
+            TimeoutKind::Lock => "lock",
+        })
+    }
+}
+
 /// Shorthand used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// True when running the same unit of work again may succeed.
+    /// True when running the same unit of work again, in a new guard, may
+    /// succeed and cannot do it twice. [`Error::CommitOutcomeUnknown`] is
+    /// not: the work may have been kept.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Retryable { .. } | Error::PoolTimeout)
+        matches!(
+            self,
+            Error::Retryable { .. }
+                | Error::PoolTimeout
+                | Error::ConnectionLost { .. }
+                | Error::Timeout {
+                    kind: TimeoutKind::Lock,
+                    ..
+                }
+        )
     }
 
     /// True when a row the work needed does not exist for this tenant: a
@@ -132,17 +177,61 @@ fn constraint_of(info: &(dyn DatabaseErrorInformation + Send + Sync)) -> String 
 }
 
 // diesel-async 0.9 keeps SQLSTATE to itself for the codes it does not map to a
-// `DatabaseErrorKind` (42501, 40P01 among them). For those two, PostgreSQL's
-// message prefixes are the only signal left; they are matched here and nowhere
-// else.
+// `DatabaseErrorKind` (42501, 40P01 and 57014 among them). For those,
+// PostgreSQL's message prefixes are the only signal left; they are matched
+// here and nowhere else.
 fn is_permission_denied(message: &str) -> bool {
     message.starts_with("permission denied")
         || message.starts_with("must be owner of")
         || message.starts_with("new row violates row-level security policy")
 }
 
+fn timeout_kind(message: &str) -> Option<TimeoutKind> {
+    if message.starts_with("canceling statement due to statement timeout") {
+        Some(TimeoutKind::Statement)
+    } else if message.starts_with("canceling statement due to lock timeout") {
+        Some(TimeoutKind::Lock)
+    } else {
+        None
+    }
+}
+
+/// Whether a failed statement's error means the connection itself is gone:
+/// closed, unable to send, terminated by the server, or an I/O failure that
+/// diesel-async reports as something other than a database error.
+pub(crate) fn connection_lost(err: &DieselError) -> bool {
+    match err {
+        DieselError::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            _,
+        ) => true,
+        DieselError::DatabaseError(_, info) => {
+            let message = info.message();
+            message.starts_with("terminating connection")
+                || message.starts_with("connection closed")
+                || message.starts_with("server closed the connection")
+        }
+        DieselError::NotFound
+        | DieselError::DeserializationError(_)
+        | DieselError::SerializationError(_)
+        | DieselError::QueryBuilderError(_)
+        | DieselError::InvalidCString(_)
+        | DieselError::RollbackErrorOnCommit { .. }
+        | DieselError::RollbackTransaction
+        | DieselError::AlreadyInTransaction
+        | DieselError::NotInTransaction
+        | DieselError::BrokenTransactionManager => false,
+        _ => true,
+    }
+}
+
 impl From<DieselError> for Error {
     fn from(err: DieselError) -> Self {
+        if connection_lost(&err) {
+            return Error::ConnectionLost {
+                message: err.to_string(),
+            };
+        }
         match err {
             DieselError::NotFound => Error::NotFound,
             DieselError::DatabaseError(kind, info) => match kind {
@@ -164,6 +253,10 @@ impl From<DieselError> for Error {
                         message: info.message().to_owned(),
                     },
                     None if is_permission_denied(info.message()) => Error::PermissionDenied {
+                        message: info.message().to_owned(),
+                    },
+                    None if let Some(kind) = timeout_kind(info.message()) => Error::Timeout {
+                        kind,
                         message: info.message().to_owned(),
                     },
                     None => Error::Database(DieselError::DatabaseError(kind, info)),

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod checkout;
 mod config;
 pub mod demo;
 mod error;
@@ -15,6 +16,7 @@ mod platform;
 mod refusal;
 pub mod repo;
 pub mod schema;
+mod session;
 mod status;
 mod store;
 mod tenant;
@@ -24,7 +26,7 @@ mod text_enum;
 mod validate;
 
 pub use config::{Config, Recycling};
-pub use error::{Error, Result};
+pub use error::{Error, Result, TimeoutKind};
 pub use guard_key::GuardKey;
 pub use ids::*;
 pub use invalid::InvalidValue;

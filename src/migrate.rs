@@ -14,14 +14,13 @@ use std::time::Duration;
 use diesel::connection::SimpleConnection;
 use diesel::migration::MigrationSource;
 use diesel::pg::Pg;
-use diesel::result::Error as DieselError;
 use diesel::sql_types::{Nullable, Text};
 use diesel::{Connection, QueryableByName, RunQueryDsl};
 use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TimeoutKind};
 use crate::store::Store;
 
 include!(concat!(env!("OUT_DIR"), "/sql_layer.rs"));
@@ -222,9 +221,13 @@ fn apply_layer(conn: &mut SyncConnection) -> Result<()> {
 }
 
 fn is_lock_timeout(err: &Error) -> bool {
-    // SQLSTATE 55P03; diesel-async passes only the message on.
-    matches!(err, Error::Database(DieselError::DatabaseError(_, info))
-        if info.message().starts_with("canceling statement due to lock timeout"))
+    matches!(
+        err,
+        Error::Timeout {
+            kind: TimeoutKind::Lock,
+            ..
+        }
+    )
 }
 
 /// Drops the layer's schema with everything in it (its triggers on the

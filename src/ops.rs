@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use diesel::dsl::sql;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Text};
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -21,6 +21,9 @@ pub struct Health {
     /// Pool occupancy after the probe.
     pub pool: PoolStatus,
     pub database_reachable: bool,
+    /// Every pooled connection stayed busy for the checkout timeout. The
+    /// server was then probed on a connection of its own.
+    pub pool_exhausted: bool,
     /// Time for the probe query, once a connection was checked out.
     pub round_trip: Option<Duration>,
     pub server_version: Option<String>,
@@ -138,28 +141,41 @@ fn slow_statements_query(schema: &str) -> String {
     )
 }
 
+async fn server_version(conn: &mut AsyncPgConnection) -> Result<(String, Duration)> {
+    let started = Instant::now();
+    let version: String = diesel::select(sql::<Text>("current_setting('server_version')"))
+        .get_result(conn)
+        .await?;
+    Ok((version, started.elapsed()))
+}
+
 impl Store {
     /// Checks out a connection and asks the server for its version.
     ///
     /// Never fails: an unreachable database, or a pool with no free
     /// connection within the checkout timeout, is reported in the result, so
-    /// a probe endpoint can serialize it as is.
+    /// a probe endpoint can serialize it as is. A full pool is told from an
+    /// unreachable server by probing on a connection outside the pool.
     pub async fn health(&self) -> Health {
-        let probe = async {
-            let mut conn = self.pool().get().await?;
-            let started = Instant::now();
-            let version: String = diesel::select(sql::<Text>("current_setting('server_version')"))
-                .get_result(&mut *conn)
-                .await?;
-            Ok::<_, Error>((version, started.elapsed()))
+        let (probe, pool_exhausted) = match self.checkout().await {
+            Ok(mut conn) => (server_version(&mut conn).await, false),
+            Err(Error::PoolTimeout) => {
+                let own = AsyncPgConnection::establish(&self.config().database_url).await;
+                match own {
+                    Ok(mut conn) => (server_version(&mut conn).await, true),
+                    Err(e) => (Err(Error::Connection(e)), true),
+                }
+            }
+            Err(e) => (Err(e), false),
         };
-        let (round_trip, server_version, error) = match probe.await {
+        let (round_trip, server_version, error) = match probe {
             Ok((version, elapsed)) => (Some(elapsed), Some(version), None),
             Err(e) => (None, None, Some(e.to_string())),
         };
         Health {
             pool: self.pool_status(),
             database_reachable: error.is_none(),
+            pool_exhausted,
             round_trip,
             server_version,
             error,
@@ -172,7 +188,7 @@ impl Store {
     /// (`pg_read_all_settings`) and other sessions' statements
     /// (`pg_read_all_stats`).
     pub async fn diagnostics(&self) -> Result<Diagnostics> {
-        let mut conn = self.pool().get().await?;
+        let mut conn = self.checkout().await?;
         let tables = diesel::sql_query(TABLES).load(&mut *conn).await?;
         let indexes = diesel::sql_query(INDEXES).load(&mut *conn).await?;
         let schema = diesel::sql_query(STATEMENTS_SCHEMA)

@@ -5,7 +5,7 @@
 
 use diesel::prelude::*;
 use diesel::sql_types::Text;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
@@ -17,7 +17,6 @@ use crate::repo::tenants::{
 };
 use crate::schema::tenants;
 use crate::store::Store;
-use crate::tenant::ACT_AS_APP;
 use crate::validate;
 
 diesel::define_sql_function! {
@@ -46,10 +45,16 @@ impl Platform<'_> {
         Work: for<'c> FnOnce(&'c mut AsyncPgConnection) -> BoxFuture<'c, QueryResult<T>> + Send,
     {
         let proof = self.store.guard_key().await?.platform_proof();
-        let mut conn = self.store.pool().get().await?;
+        let opening = self.store.session().opening.clone();
+        let mut conn = self.store.checkout().await?;
+        // Pinned, like a guard's: a login's own defaults (which it may set
+        // with ALTER ROLE) do not decide them.
         Ok(conn
-            .transaction(async move |conn| {
-                conn.batch_execute(ACT_AS_APP).await?;
+            .build_transaction()
+            .read_committed()
+            .read_write()
+            .run(async move |conn| {
+                conn.batch_execute(&opening).await?;
                 diesel::select(enter_platform(proof)).execute(conn).await?;
                 work(conn).await
             })

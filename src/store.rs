@@ -10,18 +10,18 @@ use diesel_async::pooled_connection::bb8::Pool;
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures_util::FutureExt;
 use tokio::sync::OnceCell;
 
+use crate::checkout::{ConnectFailures, PgPool, Pooled, checkout};
 use crate::config::{Config, Recycling};
 use crate::error::{Error, Result};
 use crate::guard_key::GuardKey;
 use crate::ids::TenantId;
 use crate::login::ensure_unprivileged;
+use crate::session::SessionSql;
 use crate::tenant::{Actor, TenantConn};
-
-pub(crate) type PgPool = Pool<AsyncPgConnection>;
 
 /// The entry point: a connection pool plus the settings it was built from.
 ///
@@ -39,8 +39,9 @@ pub(crate) type PgPool = Pool<AsyncPgConnection>;
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    connect_failures: ConnectFailures,
     config: Config,
-    session_reset: Arc<str>,
+    session: Arc<SessionSql>,
     guard_key: Arc<OnceCell<GuardKey>>,
 }
 
@@ -71,25 +72,6 @@ async fn read_guard_key(conn: &mut AsyncPgConnection) -> Result<GuardKey> {
     Ok(GuardKey::from_bytes(bytes))
 }
 
-/// What a session looks like when a guard ends: every setting back to the
-/// login's defaults (and the configured statement timeout), no temporary
-/// tables, advisory locks, listeners or open cursors. `DISCARD ALL` would
-/// also drop the prepared statements diesel caches, so it is spelt out.
-fn session_reset(config: &Config) -> String {
-    // RESET ALL puts statement_timeout back to the login's default, so a
-    // configured one follows, in the statement that unlocks.
-    let timeout = config.statement_timeout.map_or(String::new(), |timeout| {
-        format!(
-            ", set_config('statement_timeout', '{}', false)",
-            timeout.as_millis()
-        )
-    });
-    format!(
-        "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DISCARD TEMP; UNLISTEN *; CLOSE ALL; \
-         SELECT pg_advisory_unlock_all(){timeout}"
-    )
-}
-
 impl Store {
     /// Builds the pool and checks out a first connection, to check the
     /// login: one that could leave tenant isolation (see
@@ -103,41 +85,48 @@ impl Store {
             Recycling::Fast => RecyclingMethod::Fast,
             Recycling::Verified => RecyclingMethod::Verified,
         };
-        let session_reset: Arc<str> = session_reset(&config).into();
+        let session = Arc::new(SessionSql::new(&config));
         let prepared_statements = config.prepared_statements;
-        // A new connection starts in the state every guard leaves behind.
-        let setup = session_reset.clone();
         manager_config.custom_setup = Box::new(move |url| {
-            let setup = setup.clone();
             async move {
                 let mut conn = AsyncPgConnection::establish(url).await?;
                 if !prepared_statements {
                     conn.set_prepared_statement_cache_size(CacheSize::Disabled);
                 }
-                conn.batch_execute(&setup)
-                    .await
-                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
                 Ok(conn)
             }
             .boxed()
         });
         let manager =
             AsyncDieselConnectionManager::new_with_config(&config.database_url, manager_config);
+        config.validate()?;
+        let connect_failures = ConnectFailures::default();
         let pool = Pool::builder()
             .max_size(config.pool_size)
             .connection_timeout(config.checkout_timeout)
+            // A connection that cannot be opened fails the checkout with its
+            // cause (Error::Connection); PoolTimeout then means a full pool.
+            .retry_connection(false)
+            .error_sink(Box::new(connect_failures.clone()))
             .test_on_check_out(config.recycling == Recycling::Verified)
             .build(manager)
             .await?;
-        if !config.allow_privileged_login {
-            ensure_unprivileged(&mut *pool.get().await?).await?;
-        }
-        Ok(Store {
+        let store = Store {
             pool,
+            connect_failures,
             guard_key: Arc::new(OnceCell::new()),
             config,
-            session_reset,
-        })
+            session,
+        };
+        if !store.config.allow_privileged_login {
+            ensure_unprivileged(&mut *store.checkout().await?).await?;
+        }
+        Ok(store)
+    }
+
+    /// A pooled connection (see [`checkout`]).
+    pub(crate) async fn checkout(&self) -> Result<Pooled> {
+        checkout(&self.pool, &self.connect_failures).await
     }
 
     /// [`Config::from_url`] followed by [`Store::connect`].
@@ -160,8 +149,8 @@ impl Store {
     /// writes record.
     pub async fn tenant_as(&self, tenant: TenantId, actor: Actor) -> Result<TenantConn> {
         let proof = self.guard_key().await?.proof(tenant);
-        let conn = self.pool.get_owned().await?;
-        TenantConn::begin(conn, tenant, actor, self.session_reset.clone(), &proof).await
+        let conn = self.checkout().await?;
+        TenantConn::begin(conn, tenant, actor, self.session.clone(), &proof).await
     }
 
     /// The guard key: from the configuration, or read once, through the
@@ -176,7 +165,7 @@ impl Store {
                     Some(url) => {
                         read_guard_key(&mut AsyncPgConnection::establish(url).await?).await
                     }
-                    None => read_guard_key(&mut *self.pool.get().await?).await,
+                    None => read_guard_key(&mut *self.checkout().await?).await,
                 };
                 stored.map_err(|e| {
                     Error::Config(format!(
@@ -189,9 +178,9 @@ impl Store {
             .await
     }
 
-    /// The pool, for crate modules that need a plain login-role connection.
-    pub(crate) fn pool(&self) -> &PgPool {
-        &self.pool
+    /// What scopes send around their work (see [`SessionSql`]).
+    pub(crate) fn session(&self) -> &SessionSql {
+        &self.session
     }
 
     /// Pool occupancy right now.
@@ -214,9 +203,7 @@ impl Store {
     /// A pooled connection with no tenant context and no role switch: it runs
     /// as the login user. For test assertions about what the pool hands out.
     #[cfg(feature = "testing")]
-    pub async fn raw_connection(
-        &self,
-    ) -> Result<bb8::PooledConnection<'_, AsyncDieselConnectionManager<AsyncPgConnection>>> {
-        Ok(self.pool.get().await?)
+    pub async fn raw_connection(&self) -> Result<Pooled> {
+        self.checkout().await
     }
 }

@@ -4,9 +4,7 @@
 use diesel::connection::{
     TransactionDepthChange, TransactionManagerStatus, ValidTransactionManagerStatus,
 };
-use diesel::result::Error as DieselError;
 use diesel::sql_types::Text;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::{
     AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
     TransactionManager,
@@ -14,21 +12,16 @@ use diesel_async::{
 
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
+use crate::checkout::Pooled;
+use crate::error::{Error, Result, connection_lost};
 use crate::ids::{CustomerId, StaffUserId, TenantId};
+use crate::session::SessionSql;
 use serde::{Deserialize, Serialize};
 
 diesel::define_sql_function! {
     #[sql_name = "loyalty.enter_tenant"]
     fn enter_tenant(tenant: Text, proof: Text) -> Bool;
 }
-
-/// Puts a transaction in the role every scope acts as, with a search path
-/// where `pg_temp` comes last, so a temporary table never shadows one of the
-/// crate's. Both settings are transaction-local.
-pub(crate) const ACT_AS_APP: &str = "SELECT set_config('search_path', 'public, pg_temp', true), set_config('role', 'loyalty_app', true)";
-
-type Pooled = bb8::PooledConnection<'static, AsyncDieselConnectionManager<AsyncPgConnection>>;
 
 /// One tenant's unit of work: a pooled connection inside a transaction that
 /// runs as the `loyalty_app` role with `app.tenant_id` set, so row-level
@@ -66,7 +59,7 @@ pub struct TenantConn {
     conn: Option<Pooled>,
     tenant: TenantId,
     actor: Actor,
-    session_reset: Arc<str>,
+    session: Arc<SessionSql>,
     /// Whether SQL of the caller's own may have run, through [`Self::conn`]:
     /// only then can the session carry state the next guard must not see.
     raw: bool,
@@ -126,7 +119,7 @@ impl TenantConn {
         mut conn: Pooled,
         tenant: TenantId,
         actor: Actor,
-        session_reset: Arc<str>,
+        session: Arc<SessionSql>,
         proof: &str,
     ) -> Result<Self> {
         // Until the guard is open, a connection whose opening was cancelled
@@ -142,8 +135,8 @@ impl TenantConn {
             tokio::join!(
                 // Polled, and so sent, in this order.
                 biased;
-                for_begin.batch_execute("BEGIN"),
-                for_role.batch_execute(ACT_AS_APP),
+                for_begin.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE"),
+                for_role.batch_execute(&session.opening),
                 // One statement, prepared once per connection.
                 diesel::select(enter_tenant(&tenant_text, proof))
                 .execute(&mut for_context),
@@ -171,7 +164,7 @@ impl TenantConn {
             conn: Some(conn),
             tenant,
             actor,
-            session_reset,
+            session,
             raw: false,
         })
     }
@@ -219,10 +212,10 @@ impl TenantConn {
             .expect("a live guard always holds its connection")
     }
 
-    /// What to send after the guard's transaction ends: the session reset
-    /// if the caller's own SQL may have run, else nothing.
-    fn cleanup(&self) -> &str {
-        if self.raw { &self.session_reset } else { "" }
+    /// The session reset to send after the guard's transaction ends, if the
+    /// caller's own SQL may have run (the crate's own leaves nothing).
+    fn cleanup(&self) -> Option<Arc<SessionSql>> {
+        self.raw.then(|| self.session.clone())
     }
 
     /// Commits and ends the guard.
@@ -251,6 +244,10 @@ impl TenantConn {
             .conn
             .take()
             .expect("a live guard always holds its connection");
+        let cleanup = self.cleanup();
+        if let Some(session) = &cleanup {
+            session.forget_statements(&mut conn);
+        }
         // A probe, COMMIT and the session reset, pipelined in one round
         // trip: in a failed transaction the probe errors, and COMMIT then
         // only rolls back.
@@ -265,9 +262,9 @@ impl TenantConn {
             for_probe.batch_execute("SELECT 1"),
             for_commit.batch_execute("COMMIT"),
             async {
-                match self.cleanup() {
-                    "" => Ok(()),
-                    reset => for_reset.batch_execute(reset).await,
+                match &cleanup {
+                    None => Ok(()),
+                    Some(session) => for_reset.batch_execute(session.reset).await,
                 }
             },
         );
@@ -281,7 +278,9 @@ impl TenantConn {
                 // The outcome is unknown and the connection unusable: the pool
                 // must not hand it out again.
                 status.set_in_error();
-                Err(err.into())
+                Err(Error::CommitOutcomeUnknown {
+                    message: err.to_string(),
+                })
             }
             (_, Err(err)) => {
                 *status = TransactionManagerStatus::Valid(Default::default());
@@ -316,34 +315,29 @@ impl Drop for TenantConn {
         // the connection is dropped still in its transaction, and the pool
         // discards it rather than hand it out.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let cleanup = self.cleanup().to_owned();
-            runtime.spawn(async move { roll_back(&mut conn, &cleanup).await });
+            let cleanup = self.cleanup();
+            runtime.spawn(async move { roll_back(&mut conn, cleanup).await });
         }
     }
 }
 
 /// Rolling back undoes the guard's settings, but not all session state
 /// (session advisory locks, for one), so the session is reset as well.
-async fn roll_back(conn: &mut Pooled, session_reset: &str) {
+async fn roll_back(conn: &mut Pooled, cleanup: Option<Arc<SessionSql>>) {
     // On failure the manager marks itself broken and the pool discards the
     // connection, so there is nothing more to do with the error.
     if let Err(err) = AnsiTransactionManager::rollback_transaction(&mut **conn).await {
         tracing::warn!(error = %err, "tenant guard rollback failed; connection discarded");
         mark_broken(conn);
-    } else if !session_reset.is_empty()
-        && let Err(err) = conn.batch_execute(session_reset).await
+    } else if let Some(session) = cleanup
+        && let Err(err) = {
+            session.forget_statements(conn);
+            conn.batch_execute(session.reset).await
+        }
     {
         tracing::warn!(error = %err, "session reset after a guard failed; connection discarded");
         mark_broken(conn);
     }
-}
-
-fn connection_lost(err: &DieselError) -> bool {
-    use diesel::result::DatabaseErrorKind::{ClosedConnection, UnableToSendCommand};
-    matches!(
-        err,
-        DieselError::DatabaseError(ClosedConnection | UnableToSendCommand, _)
-    ) || !matches!(err, DieselError::DatabaseError(..))
 }
 
 fn mark_broken(conn: &mut Pooled) {

@@ -4,6 +4,7 @@
 mod analytics;
 mod context;
 mod demo;
+mod faults;
 mod guard;
 mod isolation;
 mod logins;

@@ -149,3 +149,114 @@ async fn a_temporary_table_never_takes_the_place_of_a_crate_table() {
     assert_eq!(budget(db.store(), &shop).await.reserved, money("5"));
     assert_books_balance(db.store(), shop.tenant).await;
 }
+
+/// SQL in one guard can replace a statement the client has prepared and
+/// cached (`DEALLOCATE` it, `PREPARE` its own under the same name). The next
+/// guard on the connection must not run it: here it would hand over the
+/// next tenant's proof in a session setting.
+#[tokio::test]
+async fn a_replaced_prepared_statement_never_runs_in_the_next_guard() {
+    let db = TestDb::new().await;
+    let a = CampaignFixture::builder()
+        .customers(1)
+        .create(db.store())
+        .await
+        .unwrap();
+    let b = CampaignFixture::builder()
+        .customers(1)
+        .create(db.store())
+        .await
+        .unwrap();
+    for (login, store) in logins(&db).await {
+        // The connection has served a guard, so its opening is cached.
+        let tx = store.tenant(b.tenant).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let mut tx = store.tenant(a.tenant).await.unwrap();
+        tx.conn()
+            .batch_execute(
+                "PREPARE planted AS SELECT 1; \
+                 DO $$ DECLARE s text; BEGIN \
+                   FOR s IN SELECT name FROM pg_prepared_statements \
+                            WHERE statement LIKE '%enter_tenant%' LOOP \
+                     EXECUTE format('DEALLOCATE %I', s); \
+                     EXECUTE format($q$PREPARE %I(text, text) AS SELECT loyalty.enter_tenant($1, $2) \
+                       AND set_config('stolen.proof', $1 || ' ' || $2, false) IS NOT NULL$q$, s); \
+                   END LOOP; \
+                 END $$",
+            )
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
+        let mut tx = store.tenant(b.tenant).await.unwrap();
+        tx.customers().get(b.customers[0]).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let mut tx = store.tenant(a.tenant).await.unwrap();
+        assert_eq!(
+            text(
+                &mut tx,
+                "coalesce(current_setting('stolen.proof', true), '')"
+            )
+            .await,
+            "",
+            "{login}: the next guard ran the replaced statement"
+        );
+        assert_eq!(
+            text(
+                &mut tx,
+                "(SELECT count(*)::text FROM pg_prepared_statements WHERE name = 'planted')"
+            )
+            .await,
+            "0",
+            "{login}"
+        );
+        tx.rollback().await;
+    }
+}
+
+/// A login may change its own defaults (`ALTER ROLE ... SET`), and SQL in a
+/// guard may do it for the service login. What the crate depends on is
+/// pinned per transaction, so such defaults change nothing.
+#[tokio::test]
+async fn a_logins_own_defaults_do_not_change_a_guard() {
+    let db = TestDb::new().await;
+    let shop = CampaignFixture::builder()
+        .customers(1)
+        .create(db.store())
+        .await
+        .unwrap();
+    let name = "loyalty_test_odd_defaults";
+    crate::support::ensure_login(&db, name, "NOINHERIT", &["loyalty_app"]).await;
+    crate::support::as_admin(
+        &db,
+        &format!(
+            "ALTER ROLE {name} SET default_transaction_read_only = on; \
+             ALTER ROLE {name} SET default_transaction_isolation = 'serializable'; \
+             ALTER ROLE {name} SET row_security = off; \
+             ALTER ROLE {name} SET search_path = pg_temp, public; \
+             ALTER ROLE {name} SET lock_timeout = '1ms'"
+        ),
+    )
+    .await;
+    let store = Store::connect(crate::support::login_config(&db, name))
+        .await
+        .unwrap();
+    let mut tx = store.tenant(shop.tenant).await.unwrap();
+    assert_eq!(
+        text(&mut tx, "current_setting('transaction_isolation')").await,
+        "read committed"
+    );
+    assert_eq!(text(&mut tx, "current_setting('lock_timeout')").await, "5s");
+    tx.customers()
+        .create(NewCustomer::new("+15559990042"))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    store
+        .platform()
+        .create(NewTenant::new("Odd", "USD".parse().unwrap()))
+        .await
+        .unwrap();
+}
