@@ -64,8 +64,9 @@ impl std::fmt::Debug for TestDb {
 }
 
 // Migrations change the template's name, so an edited migration never reuses
-// a stale template on a long-lived server.
-const TEMPLATE: &str = concat!("loyalty_tpl_", env!("LOYALTY_MIGRATIONS_HASH"));
+// a stale template on a long-lived server; so does the suffix, which changes
+// with what the harness itself does to the template (roles, revokes).
+const TEMPLATE: &str = concat!("loyalty_tpl_", env!("LOYALTY_MIGRATIONS_HASH"), "_h2");
 const TEMPLATE_LOCK_KEY: i64 = 0x6c6f_7961_6c74_7932;
 
 impl TestDb {
@@ -241,6 +242,10 @@ const ROLES: &str = "DO $$ BEGIN \
     END IF; \
     END $$";
 
+const REVOKE_LARGE_OBJECTS: &str = "REVOKE EXECUTE ON FUNCTION lo_create(oid), \
+    lo_creat(integer), lo_from_bytea(oid, bytea), lo_import(text), lo_import(text, oid) \
+    FROM PUBLIC";
+
 async fn ensure_roles_and_template(admin_url: &str) {
     static READY: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     READY
@@ -290,6 +295,10 @@ async fn build_template(admin: &mut AsyncPgConnection, admin_url: &str) {
         panic!("migrating the template database: {e}");
     }
     drop(store);
+    // The administrator's step of docs/security.md, which clones inherit.
+    let mut template = admin_connection(&database_url(admin_url, &building)).await;
+    run(&mut template, REVOKE_LARGE_OBJECTS).await;
+    drop(template);
     // The migration connection may still be closing on the server side.
     run(
         admin,

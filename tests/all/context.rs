@@ -222,3 +222,25 @@ async fn the_platform_scope_cannot_be_entered_from_a_guard() {
     assert_eq!(tenants.len(), 2);
     assert!(tenants.iter().all(|t| t.status == TenantStatus::Active));
 }
+
+/// Large objects have no policy; the harness, as docs/security.md asks an
+/// administrator to, takes their creation away from PUBLIC.
+#[tokio::test]
+async fn a_guard_cannot_create_large_objects() {
+    let db = TestDb::new().await;
+    let a = CampaignFixture::builder().create(db.store()).await.unwrap();
+    for (login, store) in logins(&db).await {
+        for attempt in [
+            "SELECT lo_from_bytea(0, 'x')",
+            "SELECT lo_create(0)",
+            "RESET ROLE; SELECT lo_creat(-1)",
+        ] {
+            let mut tx = store.tenant(a.tenant).await.unwrap();
+            let outcome = tx.conn().batch_execute(attempt).await.map_err(Error::from);
+            assert!(
+                matches!(outcome, Err(Error::PermissionDenied { .. })),
+                "{login}: {attempt}: {outcome:?}"
+            );
+        }
+    }
+}
