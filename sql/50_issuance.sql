@@ -78,6 +78,14 @@ CREATE FUNCTION loyalty.rule_lock(p_rule_id uuid) RETURNS bigint
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$ SELECT hashtextextended('rule:' || p_rule_id::text, 0) $$;
 
+-- The lock that serialises every delivery of one idempotency key, taken
+-- before anything scarce (a code, the budget) is claimed: a retry racing its
+-- first call waits for it and replays, instead of finding the last code
+-- held by that very call.
+CREATE FUNCTION loyalty.idempotency_lock(p_tenant_id uuid, p_key text) RETURNS bigint
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$ SELECT hashtextextended('key:' || p_tenant_id::text || ':' || p_key, 0) $$;
+
 -- The issuance an idempotency key already stands for, if any. A key reused
 -- for another rule or customer is refused, not replayed: that answer would
 -- hand one customer's voucher code to another.
@@ -125,6 +133,12 @@ DECLARE
     refusal_message text;
     refusal_data jsonb := '{}';
 BEGIN
+    prior := loyalty.replayed_issuance(p_idempotency_key, p_rule_id, p_customer_id);
+    IF prior IS NOT NULL THEN
+        RETURN loyalty.issuance_json(prior, true);
+    END IF;
+    PERFORM pg_advisory_xact_lock(loyalty.idempotency_lock(t, p_idempotency_key));
+    -- A concurrent delivery of this key may have committed while we waited.
     prior := loyalty.replayed_issuance(p_idempotency_key, p_rule_id, p_customer_id);
     IF prior IS NOT NULL THEN
         RETURN loyalty.issuance_json(prior, true);

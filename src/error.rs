@@ -255,6 +255,14 @@ impl From<DieselError> for Error {
                     None if is_permission_denied(info.message()) => Error::PermissionDenied {
                         message: info.message().to_owned(),
                     },
+                    // 22003: only money columns are numeric, and input
+                    // amounts are checked, so this is a sum past the type.
+                    None if info.message().starts_with("numeric field overflow") => {
+                        Error::InvalidInput {
+                            field: "amount",
+                            reason: "the resulting total does not fit numeric(18,2)".into(),
+                        }
+                    }
                     None if let Some(kind) = timeout_kind(info.message()) => Error::Timeout {
                         kind,
                         message: info.message().to_owned(),

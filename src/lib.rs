@@ -39,7 +39,7 @@ pub use platform::Platform;
 pub use refusal::{LimitScope, Refusal};
 pub use store::{PoolStatus, Store};
 pub use tenant::{Actor, TenantConn};
-pub use validate::MAX_PAGE;
+pub use validate::{MAX_JSON_DEPTH, MAX_PAGE};
 
 /// The types most callers need, for a glob import: the store, the guard,
 /// errors, ids, and every repository trait with its inputs.

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use diesel::connection::CacheSize;
+use diesel::connection::{Instrumentation, InstrumentationEvent};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 
 use crate::config::Config;
@@ -17,18 +17,13 @@ pub(crate) struct SessionSql {
     /// a crate table) and the configured timeouts, for the transaction.
     pub(crate) opening: String,
     /// Every setting back to the login's defaults, no temporary tables,
-    /// advisory locks, listeners, open cursors or prepared statements. The
-    /// last matter most: SQL of the caller's can `DEALLOCATE` a statement
-    /// the client has cached and `PREPARE` its own under the same name,
-    /// which the next guard on the connection would then run with its own
-    /// tenant's proof and data. The client's cache goes with them (see
-    /// [`SessionSql::forget_statements`]).
-    pub(crate) reset: &'static str,
-    prepared_statements: bool,
+    /// advisory locks, listeners or open cursors. `DISCARD ALL` would also
+    /// drop the prepared statements diesel caches, so it is spelt out.
+    reset: &'static str,
 }
 
 const RESET: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DISCARD TEMP; UNLISTEN *; \
-                     CLOSE ALL; DEALLOCATE ALL; SELECT pg_advisory_unlock_all()";
+                     CLOSE ALL; SELECT pg_advisory_unlock_all()";
 
 impl SessionSql {
     pub(crate) fn new(config: &Config) -> Self {
@@ -47,16 +42,65 @@ impl SessionSql {
         SessionSql {
             opening,
             reset: RESET,
-            prepared_statements: config.prepared_statements,
         }
     }
 
-    /// Empties the connection's statement cache, to go with the reset's
-    /// `DEALLOCATE ALL`: statements are prepared afresh by the next guard.
-    pub(crate) fn forget_statements(&self, conn: &mut AsyncPgConnection) {
-        conn.set_prepared_statement_cache_size(CacheSize::Disabled);
-        if self.prepared_statements {
-            conn.set_prepared_statement_cache_size(CacheSize::Unbounded);
+    /// The reset, preceded by a check that the server still holds exactly
+    /// the statements the client has cached on `conn`, none replaced. SQL of
+    /// the caller's can `DEALLOCATE` a cached statement and `PREPARE` its
+    /// own under the same name, which the next guard on the connection would
+    /// run with its tenant's proof and data; or just `DEALLOCATE` it, and
+    /// the next guard would fail. Either way the check fails, the reset with
+    /// it, and the pool discards the connection. Statements made by SQL
+    /// `PREPARE` are `from_sql`; the client's own are not, and it keeps
+    /// every one it caches (the cache is unbounded) until the connection
+    /// closes, so their number is the count [`CachedStatements`] keeps.
+    pub(crate) fn reset_after_own_sql(&self, conn: &mut AsyncPgConnection) -> String {
+        let cached = conn
+            .instrumentation()
+            .downcast_ref::<CachedStatements>()
+            .map(|counter| counter.count);
+        let Some(cached) = cached else {
+            // A connection the pool did not set up: nothing to compare with.
+            return format!("DEALLOCATE ALL; {}", self.reset);
+        };
+        format!(
+            "DO $$ BEGIN \
+               IF (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements \
+                    WHERE NOT from_sql) OPERATOR(pg_catalog.<>) {cached} \
+                  OR EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql) THEN \
+                 RAISE EXCEPTION 'the guard''s own SQL changed the prepared statements'; \
+               END IF; \
+             END $$; {}",
+            self.reset
+        )
+    }
+}
+
+/// Counts the statements diesel caches on a connection (one
+/// `CacheQuery` event each), passing every event on to the instrumentation
+/// the application set as diesel's default.
+pub(crate) struct CachedStatements {
+    count: usize,
+    inner: Option<Box<dyn Instrumentation>>,
+}
+
+impl CachedStatements {
+    pub(crate) fn new() -> Self {
+        CachedStatements {
+            count: 0,
+            inner: diesel::connection::get_default_instrumentation(),
+        }
+    }
+}
+
+impl Instrumentation for CachedStatements {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        if matches!(event, InstrumentationEvent::CacheQuery { .. }) {
+            self.count += 1;
+        }
+        if let Some(inner) = &mut self.inner {
+            inner.on_connection_event(event);
         }
     }
 }

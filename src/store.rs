@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::guard_key::GuardKey;
 use crate::ids::TenantId;
 use crate::login::ensure_unprivileged;
-use crate::session::SessionSql;
+use crate::session::{CachedStatements, SessionSql};
 use crate::tenant::{Actor, TenantConn};
 
 /// The entry point: a connection pool plus the settings it was built from.
@@ -93,6 +93,7 @@ impl Store {
                 if !prepared_statements {
                     conn.set_prepared_statement_cache_size(CacheSize::Disabled);
                 }
+                conn.set_instrumentation(CachedStatements::new());
                 Ok(conn)
             }
             .boxed()

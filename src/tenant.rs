@@ -244,10 +244,9 @@ impl TenantConn {
             .conn
             .take()
             .expect("a live guard always holds its connection");
-        let cleanup = self.cleanup();
-        if let Some(session) = &cleanup {
-            session.forget_statements(&mut conn);
-        }
+        let cleanup = self
+            .cleanup()
+            .map(|session| session.reset_after_own_sql(&mut conn));
         // A probe, COMMIT and the session reset, pipelined in one round
         // trip: in a failed transaction the probe errors, and COMMIT then
         // only rolls back.
@@ -264,16 +263,12 @@ impl TenantConn {
             async {
                 match &cleanup {
                     None => Ok(()),
-                    Some(session) => for_reset.batch_execute(session.reset).await,
+                    Some(reset) => for_reset.batch_execute(reset).await,
                 }
             },
         );
-        if let Err(err) = reset {
-            tracing::warn!(error = %err, "session reset after a guard failed; connection discarded");
-            mark_broken(&mut conn);
-        }
         let status = AnsiTransactionManager::transaction_manager_status_mut(&mut *conn);
-        match (probe, commit) {
+        let outcome = match (probe, commit) {
             (_, Err(err)) if connection_lost(&err) => {
                 // The outcome is unknown and the connection unusable: the pool
                 // must not hand it out again.
@@ -294,7 +289,14 @@ impl TenantConn {
                 *status = TransactionManagerStatus::Valid(Default::default());
                 Ok(())
             }
+        };
+        // After the outcome, which resets the status: a failed reset must
+        // leave the connection marked for the pool to discard.
+        if let Err(err) = reset {
+            tracing::warn!(error = %err, "session reset after a guard failed; connection discarded");
+            mark_broken(&mut conn);
         }
+        outcome
     }
 
     /// Rolls back and ends the guard. Dropping the guard does the same in
@@ -331,8 +333,8 @@ async fn roll_back(conn: &mut Pooled, cleanup: Option<Arc<SessionSql>>) {
         mark_broken(conn);
     } else if let Some(session) = cleanup
         && let Err(err) = {
-            session.forget_statements(conn);
-            conn.batch_execute(session.reset).await
+            let reset = session.reset_after_own_sql(conn);
+            conn.batch_execute(&reset).await
         }
     {
         tracing::warn!(error = %err, "session reset after a guard failed; connection discarded");

@@ -3,12 +3,15 @@
 
 use bigdecimal::BigDecimal;
 use bigdecimal::num_bigint::Sign;
+use chrono::{DateTime, Datelike, Utc};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
 
-/// Text whose length in characters lies in `min..=max`.
+/// Text whose length in characters lies in `min..=max`, without NUL
+/// characters (PostgreSQL's text cannot hold them).
 pub(crate) fn text(field: &'static str, value: &str, min: usize, max: usize) -> Result<()> {
+    no_nul(field, value)?;
     let len = value.chars().count();
     if (min..=max).contains(&len) {
         Ok(())
@@ -76,12 +79,64 @@ pub(crate) fn e164(field: &'static str, value: &str) -> Result<()> {
     }
 }
 
-/// A JSON object (not an array, string or null).
+/// Text PostgreSQL can store: no NUL character.
+pub(crate) fn no_nul(field: &'static str, value: &str) -> Result<()> {
+    if value.contains('\0') {
+        Err(Error::invalid(field, "must not contain NUL characters"))
+    } else {
+        Ok(())
+    }
+}
+
+/// The deepest nesting of arrays and objects a JSON input may have. Reading
+/// a document back stops at serde_json's recursion limit (128), so deeper
+/// ones would be written and then fail every read.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// A JSON object (not an array, string or null) that reads back: nested at
+/// most [`MAX_JSON_DEPTH`] deep, with no NUL character in any key or string
+/// (`jsonb` refuses `\u0000`).
 pub(crate) fn json_object(field: &'static str, value: &Value) -> Result<()> {
-    if value.is_object() {
+    if !value.is_object() {
+        return Err(Error::invalid(field, "must be a JSON object"));
+    }
+    // Iterative, so a hostile document cannot overflow this stack either.
+    // Depth counts arrays and objects, the top-level object being 1.
+    let mut pending = vec![(value, 1usize)];
+    while let Some((node, depth)) = pending.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match node {
+            Value::String(text) => {
+                no_nul(field, text)?;
+                continue;
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => continue,
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(members) => {
+                for key in members.keys() {
+                    no_nul(field, key)?;
+                }
+                Box::new(members.values())
+            }
+        };
+        if depth > MAX_JSON_DEPTH {
+            return Err(Error::invalid(
+                field,
+                format!("must be nested at most {MAX_JSON_DEPTH} deep"),
+            ));
+        }
+        pending.extend(children.map(|child| (child, depth + 1)));
+    }
+    Ok(())
+}
+
+/// A time both PostgreSQL and this crate's readers hold: years 1 to 9999.
+/// (`timestamptz` reaches 294276 AD, but a year of five digits does not
+/// read back through RFC 3339, which JSON results use.)
+pub(crate) fn timestamp(field: &'static str, value: &DateTime<Utc>) -> Result<()> {
+    if (1..=9999).contains(&value.year()) {
         Ok(())
     } else {
-        Err(Error::invalid(field, "must be a JSON object"))
+        Err(Error::invalid(field, "must be in the years 1 to 9999"))
     }
 }
 

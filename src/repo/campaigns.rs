@@ -78,6 +78,12 @@ impl NewCampaign {
     fn validate(&self) -> Result<()> {
         validate::text("name", &self.name, 1, 200)?;
         validate::optional_text("description", self.description.as_deref(), 0, 2000)?;
+        if let Some(start) = &self.start_at {
+            validate::timestamp("start_at", start)?;
+        }
+        if let Some(end) = &self.end_at {
+            validate::timestamp("end_at", end)?;
+        }
         if let (Some(start), Some(end)) = (self.start_at, self.end_at)
             && end <= start
         {

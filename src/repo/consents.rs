@@ -93,6 +93,7 @@ impl TenantConn {
 impl ConsentRepository for Consents<'_> {
     async fn record(&mut self, new: NewConsent) -> Result<Consent> {
         validate::optional_text("source", new.source.as_deref(), 1, 100)?;
+        validate::timestamp("occurred_at", &new.occurred_at)?;
         let tenant = self.0.tenant_id();
         Ok(diesel::insert_into(consents::table)
             .values((

@@ -112,6 +112,7 @@ impl EventRepository for Events<'_> {
         validate::text("source", &new.source, 1, 100)?;
         validate::text("idempotency_key", &new.idempotency_key, 1, 200)?;
         validate::json_object("properties", &new.properties)?;
+        validate::timestamp("occurred_at", &new.occurred_at)?;
         let tenant = self.0.tenant_id();
         let key = new.idempotency_key.clone();
         // A concurrent insert of the same key makes this one wait for it and

@@ -269,7 +269,8 @@ fn validate_key(key: &str) -> Result<()> {
 fn validate_expiry(expires_at: Option<DateTime<Utc>>) -> Result<()> {
     match expires_at {
         Some(at) if at <= Utc::now() => Err(Error::invalid("expires_at", "must be in the future")),
-        _ => Ok(()),
+        Some(at) => validate::timestamp("expires_at", &at),
+        None => Ok(()),
     }
 }
 

@@ -11,6 +11,7 @@ use crate::ids::TenantId;
 use crate::money::Currency;
 use crate::schema::tenants;
 use crate::text_enum::text_enum;
+use crate::validate;
 
 text_enum! {
     /// Whether a tenant may open guards.
@@ -93,11 +94,7 @@ impl NewTenant {
 }
 
 pub(crate) fn validate_theme(theme: &Value) -> Result<()> {
-    if theme.is_object() {
-        Ok(())
-    } else {
-        Err(Error::invalid("theme", "must be a JSON object"))
-    }
+    validate::json_object("theme", theme)
 }
 
 /// A page of tenants ordered by id (ids are time-ordered, so this is also

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::ids::{IssuanceId, RewardId, TenantId, VoucherCodeId};
 use crate::schema::voucher_codes;
 use crate::tenant::TenantConn;
+use crate::validate;
 
 pub use crate::status::VoucherStatus;
 
@@ -147,11 +148,11 @@ impl VoucherCodeRepository for VoucherCodes<'_> {
         if let Some((n, bad)) = codes
             .iter()
             .enumerate()
-            .find(|(_, code)| !(1..=100).contains(&code.chars().count()))
+            .find(|(_, code)| validate::text("codes", code, 1, 100).is_err())
         {
             return Err(Error::invalid(
                 "codes",
-                format!("code #{n} ({bad:?}) must be 1 to 100 characters"),
+                format!("code #{n} ({bad:?}) must be 1 to 100 characters, without NUL"),
             ));
         }
         let tenant = self.0.tenant_id();

@@ -6,6 +6,7 @@ mod context;
 mod demo;
 mod faults;
 mod guard;
+mod inputs;
 mod isolation;
 mod logins;
 mod migrations;

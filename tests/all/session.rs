@@ -168,8 +168,32 @@ async fn a_replaced_prepared_statement_never_runs_in_the_next_guard() {
         .await
         .unwrap();
     for (login, store) in logins(&db).await {
-        // The connection has served a guard, so its opening is cached.
-        let tx = store.tenant(b.tenant).await.unwrap();
+        // The connection has served a guard, so its opening is cached. A
+        // guard whose own SQL prepared statements of its own, and left the
+        // rest alone, keeps its connection.
+        let mut tx = store.tenant(b.tenant).await.unwrap();
+        let pid = text(&mut tx, "pg_backend_pid()::text").await;
+        tx.commit().await.unwrap();
+        let mut tx = store.tenant(b.tenant).await.unwrap();
+        assert_eq!(
+            text(&mut tx, "pg_backend_pid()::text").await,
+            pid,
+            "{login}"
+        );
+        tx.commit().await.unwrap();
+
+        // Statements deallocated behind the client's back: the next guard
+        // still works, on a fresh connection.
+        let mut tx = store.tenant(a.tenant).await.unwrap();
+        tx.conn().batch_execute("DEALLOCATE ALL").await.unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = store.tenant(b.tenant).await.unwrap();
+        tx.customers().get(b.customers[0]).await.unwrap();
+        assert_ne!(
+            text(&mut tx, "pg_backend_pid()::text").await,
+            pid,
+            "{login}"
+        );
         tx.commit().await.unwrap();
 
         let mut tx = store.tenant(a.tenant).await.unwrap();

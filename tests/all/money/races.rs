@@ -198,6 +198,66 @@ async fn one_idempotency_key_from_16_tasks_issues_once() {
     assert_books_balance(&store, programme.tenant).await;
 }
 
+/// Webhook redeliveries racing their first delivery, with no per-customer
+/// limit to serialise them and fewer codes than callers: every delivery
+/// replays the one issuance, none is refused for want of a code. Many
+/// rounds, since the losing interleaving is a narrow one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redeliveries_racing_the_first_call_replay_even_for_the_last_code() {
+    let db = TestDb::new().await;
+    let store = racing_store(&db).await;
+    let p = CampaignFixture::builder()
+        .uses_codes()
+        .create(&store)
+        .await
+        .unwrap();
+    const ROUNDS: usize = 25;
+    const DELIVERIES: usize = 8;
+    let people = customers(&store, p.tenant, ROUNDS).await;
+    let programme = std::sync::Arc::new(p);
+    for (round, customer) in people.into_iter().enumerate() {
+        // One code for eight callers.
+        let mut tx = store.tenant(programme.tenant).await.unwrap();
+        tx.voucher_codes()
+            .import(programme.reward, &[format!("LAST-{round}")])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..DELIVERIES {
+            let (store, programme) = (store.clone(), programme.clone());
+            tasks.push(tokio::spawn(async move {
+                issue(&store, &programme, customer, &format!("order-{round}")).await
+            }));
+        }
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(
+                task.await
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("round {round}: a delivery was refused: {e:?}")),
+            );
+        }
+        assert_eq!(
+            answers.iter().filter(|a| !a.replayed).count(),
+            1,
+            "round {round}"
+        );
+        assert!(answers.iter().all(|a| a.issuance == answers[0].issuance));
+    }
+    let mut tx = store.tenant(programme.tenant).await.unwrap();
+    assert_eq!(
+        tx.voucher_codes()
+            .counts(programme.reward)
+            .await
+            .unwrap()
+            .available,
+        0
+    );
+    drop(tx);
+    assert_books_balance(&store, programme.tenant).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_random_mix_keeps_the_books_balanced() {
     let db = TestDb::new().await;
