@@ -59,6 +59,11 @@ pub enum Error {
     /// reporting a commit that did not happen.
     #[error("transaction aborted by an earlier error; nothing was committed")]
     TransactionAborted,
+    /// A call on the guard was dropped before its statement came back (for
+    /// example under `tokio::time::timeout`). The statement was cancelled
+    /// and the guard rolled back: `commit` never keeps half-observed work.
+    #[error("a call on this guard was abandoned before it finished; nothing was committed")]
+    CallAbandoned,
     /// Serialization failure (40001) or deadlock (40P01): run the unit of work again.
     #[error("transient conflict, retry: {message}")]
     Retryable { message: String },

@@ -2,6 +2,7 @@
 
 mod checkout;
 mod config;
+mod connect;
 pub mod demo;
 mod error;
 mod guard_key;
@@ -15,6 +16,7 @@ mod page;
 mod platform;
 mod refusal;
 pub mod repo;
+mod retry;
 pub mod schema;
 mod session;
 mod status;
@@ -37,6 +39,7 @@ pub use ops::{Diagnostics, Health, IndexUsage, SlowStatement, TableSize};
 pub use page::{Cursor, KeysetPage, Page, TimeRange};
 pub use platform::Platform;
 pub use refusal::{LimitScope, Refusal};
+pub use retry::RetryPolicy;
 pub use store::{PoolStatus, Store};
 pub use tenant::{Actor, TenantConn};
 pub use validate::{MAX_JSON_DEPTH, MAX_PAGE};

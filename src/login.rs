@@ -141,14 +141,25 @@ impl From<Held> for LoginPrivilege {
 
 /// Refuses, with [`Error::PrivilegedLogin`], a login that holds any
 /// [`LoginPrivilege`].
+///
+/// In a transaction of its own, like every statement sent outside a guard,
+/// so that PgBouncer in transaction mode runs each statement's two round
+/// trips (prepare, then execute) on one server.
 pub(crate) async fn ensure_unprivileged(conn: &mut AsyncPgConnection) -> Result<()> {
-    let held: Vec<Held> = diesel::sql_query(PRIVILEGES).load(conn).await?;
+    let (login, held) = conn
+        .build_transaction()
+        .read_only()
+        .run(async |conn| {
+            let held: Vec<Held> = diesel::sql_query(PRIVILEGES).load(conn).await?;
+            let login: String = diesel::select(diesel::dsl::sql::<Text>("session_user::text"))
+                .get_result(conn)
+                .await?;
+            Ok::<_, diesel::result::Error>((login, held))
+        })
+        .await?;
     if held.is_empty() {
         return Ok(());
     }
-    let login: String = diesel::select(diesel::dsl::sql::<Text>("session_user::text"))
-        .get_result(conn)
-        .await?;
     Err(Error::PrivilegedLogin {
         login,
         privileges: held.into_iter().map(LoginPrivilege::from).collect(),

@@ -20,6 +20,7 @@ use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
+use crate::connect::establish;
 use crate::error::{Error, Result, TimeoutKind};
 use crate::store::Store;
 
@@ -83,19 +84,22 @@ impl Store {
     }
 }
 
+/// Everything runs in one transaction that holds a transaction-level
+/// advisory lock: the others wait for it, then find nothing to do. A
+/// session-level lock would outlive the transaction on a server connection
+/// that PgBouncer (in transaction mode) hands to other clients. Each
+/// migration and the layer rebuild are savepoints within it.
 fn run_locked(url: &str) -> Result<Vec<String>> {
     // The wrapper drives the async connection from this blocking thread, which
     // works on both the multi-threaded and the current-thread runtime.
-    let mut conn = SyncConnection::establish(url)?;
-    conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))?;
-    let outcome = migrate_and_layer(&mut conn);
-    // Unlocking lets the next waiter go without waiting for the disconnect,
-    // which releases the lock anyway; a failure here changes nothing.
-    if let Err(e) = conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
-    {
-        tracing::warn!(error = %e, "could not release the migration lock; closing releases it");
-    }
-    outcome
+    let conn = tokio::runtime::Handle::current().block_on(establish(url))?;
+    let mut conn = SyncConnection::from(conn);
+    conn.transaction(|conn| {
+        conn.batch_execute(&format!(
+            "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
+        ))?;
+        migrate_and_layer(conn)
+    })
 }
 
 fn migrate_and_layer(conn: &mut SyncConnection) -> Result<Vec<String>> {

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use diesel::dsl::sql;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Text};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
+use crate::connect::establish;
 use crate::error::{Error, Result};
 use crate::store::{PoolStatus, Store};
 
@@ -141,10 +142,18 @@ fn slow_statements_query(schema: &str) -> String {
     )
 }
 
+/// In a transaction, like every statement outside a guard, for PgBouncer
+/// in transaction mode (see `login::ensure_unprivileged`).
 async fn server_version(conn: &mut AsyncPgConnection) -> Result<(String, Duration)> {
     let started = Instant::now();
-    let version: String = diesel::select(sql::<Text>("current_setting('server_version')"))
-        .get_result(conn)
+    let version: String = conn
+        .build_transaction()
+        .read_only()
+        .run(async |conn| {
+            diesel::select(sql::<Text>("current_setting('server_version')"))
+                .get_result(conn)
+                .await
+        })
         .await?;
     Ok((version, started.elapsed()))
 }
@@ -160,7 +169,7 @@ impl Store {
         let (probe, pool_exhausted) = match self.checkout().await {
             Ok(mut conn) => (server_version(&mut conn).await, false),
             Err(Error::PoolTimeout) => {
-                let own = AsyncPgConnection::establish(&self.config().database_url).await;
+                let own = establish(&self.config().database_url).await;
                 match own {
                     Ok(mut conn) => (server_version(&mut conn).await, true),
                     Err(e) => (Err(Error::Connection(e)), true),
@@ -189,20 +198,27 @@ impl Store {
     /// (`pg_read_all_stats`).
     pub async fn diagnostics(&self) -> Result<Diagnostics> {
         let mut conn = self.checkout().await?;
-        let tables = diesel::sql_query(TABLES).load(&mut *conn).await?;
-        let indexes = diesel::sql_query(INDEXES).load(&mut *conn).await?;
-        let schema = diesel::sql_query(STATEMENTS_SCHEMA)
-            .get_result::<ExtensionSchema>(&mut *conn)
-            .await
-            .optional()?;
-        let slow_statements = match schema {
-            Some(ExtensionSchema { schema }) => Some(
-                diesel::sql_query(slow_statements_query(&schema))
-                    .load(&mut *conn)
-                    .await?,
-            ),
-            None => None,
-        };
+        let (tables, indexes, slow_statements) = conn
+            .build_transaction()
+            .read_only()
+            .run(async |conn| {
+                let tables = diesel::sql_query(TABLES).load(conn).await?;
+                let indexes = diesel::sql_query(INDEXES).load(conn).await?;
+                let schema = diesel::sql_query(STATEMENTS_SCHEMA)
+                    .get_result::<ExtensionSchema>(conn)
+                    .await
+                    .optional()?;
+                let slow_statements = match schema {
+                    Some(ExtensionSchema { schema }) => Some(
+                        diesel::sql_query(slow_statements_query(&schema))
+                            .load(conn)
+                            .await?,
+                    ),
+                    None => None,
+                };
+                Ok::<_, diesel::result::Error>((tables, indexes, slow_statements))
+            })
+            .await?;
         Ok(Diagnostics {
             tables,
             indexes,

@@ -20,6 +20,11 @@ pub(crate) struct SessionSql {
     /// advisory locks, listeners or open cursors. `DISCARD ALL` would also
     /// drop the prepared statements diesel caches, so it is spelt out.
     reset: &'static str,
+    /// Whether the client caches prepared statements, which then need the
+    /// check in [`SessionSql::reset_after_own_sql`]. Without the cache every
+    /// statement is prepared afresh under a new name, so none can be
+    /// replaced.
+    statements_cached: bool,
 }
 
 const RESET: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DISCARD TEMP; UNLISTEN *; \
@@ -42,11 +47,13 @@ impl SessionSql {
         SessionSql {
             opening,
             reset: RESET,
+            statements_cached: config.prepared_statements,
         }
     }
 
-    /// The reset, preceded by a check that the server still holds exactly
-    /// the statements the client has cached on `conn`, none replaced. SQL of
+    /// The reset, preceded by a check (`loyalty.statements_intact`) that the
+    /// server still holds exactly the statements the client has cached on
+    /// `conn`, none replaced. SQL of
     /// the caller's can `DEALLOCATE` a cached statement and `PREPARE` its
     /// own under the same name, which the next guard on the connection would
     /// run with its tenant's proof and data; or just `DEALLOCATE` it, and
@@ -54,50 +61,66 @@ impl SessionSql {
     /// it, and the pool discards the connection. Statements made by SQL
     /// `PREPARE` are `from_sql`; the client's own are not, and it keeps
     /// every one it caches (the cache is unbounded) until the connection
-    /// closes, so their number is the count [`CachedStatements`] keeps.
+    /// closes, so their number is the count [`ConnectionEvents`] keeps.
     pub(crate) fn reset_after_own_sql(&self, conn: &mut AsyncPgConnection) -> String {
-        let cached = conn
-            .instrumentation()
-            .downcast_ref::<CachedStatements>()
-            .map(|counter| counter.count);
+        if !self.statements_cached {
+            return self.reset.to_owned();
+        }
+        let cached = ConnectionEvents::of(conn).map(|events| events.cached);
         let Some(cached) = cached else {
             // A connection the pool did not set up: nothing to compare with.
             return format!("DEALLOCATE ALL; {}", self.reset);
         };
+        // As loyalty_app, which may use the layer's schema; the session's
+        // role is the login again once the guard's transaction is over.
         format!(
-            "DO $$ BEGIN \
-               IF (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements \
-                    WHERE NOT from_sql) OPERATOR(pg_catalog.<>) {cached} \
-                  OR EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql) THEN \
-                 RAISE EXCEPTION 'the guard''s own SQL changed the prepared statements'; \
-               END IF; \
-             END $$; {}",
+            "SELECT pg_catalog.set_config('role', 'loyalty_app', true); \
+             SELECT loyalty.statements_intact({cached}); {}",
             self.reset
         )
     }
 }
 
-/// Counts the statements diesel caches on a connection (one
-/// `CacheQuery` event each), passing every event on to the instrumentation
-/// the application set as diesel's default.
-pub(crate) struct CachedStatements {
-    count: usize,
+/// What a pooled connection has done, from diesel's instrumentation events:
+/// the statements it cached (one `CacheQuery` each), and the statements
+/// started and finished, which differ when a call's future was dropped
+/// before its statement came back. Every event is passed on to the
+/// instrumentation the application set as diesel's default.
+pub(crate) struct ConnectionEvents {
+    cached: usize,
+    started: u64,
+    finished: u64,
     inner: Option<Box<dyn Instrumentation>>,
 }
 
-impl CachedStatements {
+impl ConnectionEvents {
     pub(crate) fn new() -> Self {
-        CachedStatements {
-            count: 0,
+        ConnectionEvents {
+            cached: 0,
+            started: 0,
+            finished: 0,
             inner: diesel::connection::get_default_instrumentation(),
         }
     }
+
+    /// The events of a connection the pool set up; `None` for any other.
+    fn of(conn: &mut AsyncPgConnection) -> Option<&ConnectionEvents> {
+        conn.instrumentation().downcast_ref::<ConnectionEvents>()
+    }
+
+    /// Whether a statement was sent whose answer nobody waited for.
+    pub(crate) fn abandoned(conn: &mut AsyncPgConnection) -> bool {
+        Self::of(conn).is_some_and(|events| events.started != events.finished)
+    }
 }
 
-impl Instrumentation for CachedStatements {
+impl Instrumentation for ConnectionEvents {
     fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
-        if matches!(event, InstrumentationEvent::CacheQuery { .. }) {
-            self.count += 1;
+        match event {
+            InstrumentationEvent::CacheQuery { .. } => self.cached += 1,
+            InstrumentationEvent::StartQuery { .. } => self.started += 1,
+            InstrumentationEvent::FinishQuery { .. } => self.finished += 1,
+            _ => {}
         }
         if let Some(inner) = &mut self.inner {
             inner.on_connection_event(event);

@@ -16,11 +16,12 @@ use tokio::sync::OnceCell;
 
 use crate::checkout::{ConnectFailures, PgPool, Pooled, checkout};
 use crate::config::{Config, Recycling};
+use crate::connect::establish;
 use crate::error::{Error, Result};
 use crate::guard_key::GuardKey;
 use crate::ids::TenantId;
 use crate::login::ensure_unprivileged;
-use crate::session::{CachedStatements, SessionSql};
+use crate::session::{ConnectionEvents, SessionSql};
 use crate::tenant::{Actor, TenantConn};
 
 /// The entry point: a connection pool plus the settings it was built from.
@@ -89,11 +90,11 @@ impl Store {
         let prepared_statements = config.prepared_statements;
         manager_config.custom_setup = Box::new(move |url| {
             async move {
-                let mut conn = AsyncPgConnection::establish(url).await?;
+                let mut conn = establish(url).await?;
                 if !prepared_statements {
                     conn.set_prepared_statement_cache_size(CacheSize::Disabled);
                 }
-                conn.set_instrumentation(CachedStatements::new());
+                conn.set_instrumentation(ConnectionEvents::new());
                 Ok(conn)
             }
             .boxed()
@@ -163,9 +164,7 @@ impl Store {
                     return Ok(key.clone());
                 }
                 let stored = match &self.config.migrator_url {
-                    Some(url) => {
-                        read_guard_key(&mut AsyncPgConnection::establish(url).await?).await
-                    }
+                    Some(url) => read_guard_key(&mut establish(url).await?).await,
                     None => read_guard_key(&mut *self.checkout().await?).await,
                 };
                 stored.map_err(|e| {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::checkout::Pooled;
 use crate::error::{Error, Result, connection_lost};
 use crate::ids::{CustomerId, StaffUserId, TenantId};
-use crate::session::SessionSql;
+use crate::session::{ConnectionEvents, SessionSql};
 use serde::{Deserialize, Serialize};
 
 diesel::define_sql_function! {
@@ -244,6 +244,10 @@ impl TenantConn {
             .conn
             .take()
             .expect("a live guard always holds its connection");
+        if ConnectionEvents::abandoned(&mut conn) {
+            abandon(conn);
+            return Err(Error::CallAbandoned);
+        }
         let cleanup = self
             .cleanup()
             .map(|session| session.reset_after_own_sql(&mut conn));
@@ -303,7 +307,11 @@ impl TenantConn {
     /// the background; this waits for it.
     pub async fn rollback(mut self) {
         if let Some(mut conn) = self.conn.take() {
-            roll_back(&mut conn, self.cleanup()).await;
+            if ConnectionEvents::abandoned(&mut conn) {
+                abandon(conn);
+            } else {
+                roll_back(&mut conn, self.cleanup()).await;
+            }
         }
     }
 }
@@ -316,7 +324,9 @@ impl Drop for TenantConn {
         // Rolling back lets the pool keep the connection. Without a runtime
         // the connection is dropped still in its transaction, and the pool
         // discards it rather than hand it out.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        if ConnectionEvents::abandoned(&mut conn) {
+            abandon(conn);
+        } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let cleanup = self.cleanup();
             runtime.spawn(async move { roll_back(&mut conn, cleanup).await });
         }
@@ -339,6 +349,26 @@ async fn roll_back(conn: &mut Pooled, cleanup: Option<Arc<SessionSql>>) {
     {
         tracing::warn!(error = %err, "session reset after a guard failed; connection discarded");
         mark_broken(conn);
+    }
+}
+
+/// Ends a guard one of whose calls was dropped before its statement came
+/// back: that statement may still be running, and whatever it did must not
+/// be committed. It is cancelled on the server, and the connection is
+/// discarded rather than reused, since a cancel request that arrives late
+/// could hit the next statement sent on it. Closing the connection rolls the
+/// transaction back.
+fn abandon(mut conn: Pooled) {
+    tracing::warn!("a call on a tenant guard was abandoned mid-flight; cancelled and discarded");
+    let cancel = conn.cancel_token();
+    mark_broken(&mut conn);
+    drop(conn);
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            if let Err(err) = cancel.cancel_query(tokio_postgres::NoTls).await {
+                tracing::warn!(error = %err, "cancelling an abandoned statement failed");
+            }
+        });
     }
 }
 

@@ -198,6 +198,13 @@ pub trait IssuanceRepository {
     ) -> impl Future<Output = Result<u32>> + Send;
     /// One issuance, or [`Error::NotFound`].
     fn get(&mut self, id: IssuanceId) -> impl Future<Output = Result<Issuance>> + Send;
+    /// The issuance an idempotency key stands for, if any: how a caller
+    /// checks after [`crate::Error::CommitOutcomeUnknown`] whether its
+    /// issuance was kept.
+    fn find_by_key(
+        &mut self,
+        idempotency_key: &str,
+    ) -> impl Future<Output = Result<Option<Issuance>>> + Send;
     /// One customer's issuances, newest first, by keyset.
     fn list_for_customer(
         &mut self,
@@ -403,6 +410,15 @@ impl IssuanceRepository for Issuances<'_> {
             .select(Issuance::as_select())
             .get_result(self.0.db())
             .await?)
+    }
+
+    async fn find_by_key(&mut self, idempotency_key: &str) -> Result<Option<Issuance>> {
+        Ok(issuances::table
+            .filter(issuances::idempotency_key.eq(idempotency_key))
+            .select(Issuance::as_select())
+            .get_result(self.0.db())
+            .await
+            .optional()?)
     }
 
     async fn list_for_customer(

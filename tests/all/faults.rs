@@ -227,3 +227,179 @@ async fn health_tells_a_full_pool_from_a_lost_server() {
     assert!(health.pool_exhausted, "{health:?}");
     drop(held);
 }
+
+async fn sleepers(db: &TestDb) -> i64 {
+    use diesel::sql_types::BigInt;
+    diesel::select(sql::<BigInt>(
+        "(SELECT count(*) FROM pg_stat_activity \
+           WHERE query LIKE 'SELECT pg_sleep(30)%' AND state = 'active')",
+    ))
+    .get_result(&mut db.admin_connection().await)
+    .await
+    .unwrap()
+}
+
+async fn until_no_sleepers(db: &TestDb) -> bool {
+    for _ in 0..100 {
+        if sleepers(db).await == 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// A call given up on (its future dropped, here by a timeout) leaves its
+/// statement running. The guard then refuses to commit, cancels the
+/// statement, and keeps nothing: not the abandoned call's work, nor what
+/// came before it.
+#[tokio::test]
+async fn a_guard_with_an_abandoned_call_refuses_to_commit() {
+    let db = TestDb::new().await;
+    let shop = CampaignFixture::builder().create(db.store()).await.unwrap();
+    let store = db.store();
+
+    let mut holder = store.tenant(shop.tenant).await.unwrap();
+    holder
+        .customers()
+        .create(NewCustomer::new("+15550007777"))
+        .await
+        .unwrap();
+
+    let mut tx = store.tenant(shop.tenant).await.unwrap();
+    tx.customers()
+        .create(NewCustomer::new("+15550008888"))
+        .await
+        .unwrap();
+    // Waits on the holder's uncommitted row with the same phone.
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(200),
+        tx.customers().create(NewCustomer::new("+15550007777")),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the call should still be waiting");
+    let outcome = tx.commit().await;
+    assert!(matches!(outcome, Err(Error::CallAbandoned)), "{outcome:?}");
+    holder.rollback().await;
+
+    let mut check = store.tenant(shop.tenant).await.unwrap();
+    for phone in ["+15550007777", "+15550008888"] {
+        assert!(
+            check
+                .customers()
+                .find_by_phone(phone)
+                .await
+                .unwrap()
+                .is_none(),
+            "{phone}"
+        );
+    }
+}
+
+/// A guard dropped while its statement runs cancels it on the server, so
+/// neither the backend nor the pool slot stays busy until it ends.
+#[tokio::test]
+async fn dropping_a_guard_cancels_its_running_statement() {
+    let db = TestDb::new().await;
+    let shop = CampaignFixture::builder().create(db.store()).await.unwrap();
+    let store = Store::connect(db.config().with_pool_size(1)).await.unwrap();
+    let mut tx = store.tenant(shop.tenant).await.unwrap();
+    let slow = tokio::time::timeout(
+        Duration::from_millis(200),
+        tx.conn().batch_execute("SELECT pg_sleep(30)"),
+    )
+    .await;
+    assert!(slow.is_err());
+    assert_eq!(sleepers(&db).await, 1);
+    drop(tx);
+    assert!(
+        until_no_sleepers(&db).await,
+        "the statement is still running"
+    );
+    let started = Instant::now();
+    let tx = store.tenant(shop.tenant).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    tx.commit().await.unwrap();
+}
+
+/// The retry helper runs idempotent work again after a lost connection and
+/// after a commit whose outcome is unknown; the second run replays what the
+/// first kept, so nothing is issued twice.
+#[tokio::test]
+async fn retrying_idempotent_work_never_doubles_an_issuance() {
+    use futures_util::FutureExt;
+    use loyalty_store::RetryPolicy;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    let db = TestDb::new().await;
+    let shop = CampaignFixture::builder()
+        .customers(1)
+        .create(db.store())
+        .await
+        .unwrap();
+    let runs = AtomicU32::new(0);
+    let admin_url = db.superuser_url();
+    let issued = db
+        .store()
+        .retrying(shop.tenant, RetryPolicy::idempotent(), |tx| {
+            let run = runs.fetch_add(1, Ordering::SeqCst);
+            let new = issue_to(&shop, shop.customers[0], "retried-order");
+            let admin_url = admin_url.clone();
+            async move {
+                let issued = tx.issuances().issue(new).await?;
+                if run < 2 {
+                    // The first run loses its connection before COMMIT
+                    // (an unknown outcome); so does the second.
+                    let pid = backend_pid(tx).await;
+                    let mut admin = <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(&admin_url)
+                        .await
+                        .unwrap();
+                    admin
+                        .batch_execute(&format!("SELECT pg_terminate_backend({pid})"))
+                        .await
+                        .unwrap();
+                }
+                Ok(issued)
+            }
+            .boxed()
+        })
+        .await
+        .unwrap();
+    assert_eq!(AtomicU32::load(&runs, Ordering::SeqCst), 3);
+    let mut tx = db.store().tenant(shop.tenant).await.unwrap();
+    let found = tx.issuances().find_by_key("retried-order").await.unwrap();
+    assert_eq!(found.map(|i| i.id), Some(issued.issuance.id));
+    drop(tx);
+    assert_eq!(
+        crate::support::budget(db.store(), &shop).await.reserved,
+        money("2.50")
+    );
+    crate::support::assert_books_balance(db.store(), shop.tenant).await;
+
+    // Work that may not run twice gets the unknown outcome back.
+    let outcome = db
+        .store()
+        .retrying(shop.tenant, RetryPolicy::default(), |tx| {
+            let admin_url = admin_url.clone();
+            async move {
+                let pid = backend_pid(tx).await;
+                let mut admin =
+                    <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(
+                        &admin_url,
+                    )
+                    .await
+                    .unwrap();
+                admin
+                    .batch_execute(&format!("SELECT pg_terminate_backend({pid})"))
+                    .await
+                    .unwrap();
+                Ok(())
+            }
+            .boxed()
+        })
+        .await;
+    assert!(
+        matches!(outcome, Err(Error::CommitOutcomeUnknown { .. })),
+        "{outcome:?}"
+    );
+}
