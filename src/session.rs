@@ -51,33 +51,42 @@ impl SessionSql {
         }
     }
 
-    /// The reset, preceded by a check (`loyalty.statements_intact`) that the
-    /// server still holds exactly the statements the client has cached on
-    /// `conn`, none replaced. SQL of
-    /// the caller's can `DEALLOCATE` a cached statement and `PREPARE` its
-    /// own under the same name, which the next guard on the connection would
-    /// run with its tenant's proof and data; or just `DEALLOCATE` it, and
-    /// the next guard would fail. Either way the check fails, the reset with
-    /// it, and the pool discards the connection. Statements made by SQL
-    /// `PREPARE` are `from_sql`; the client's own are not, and it keeps
-    /// every one it caches (the cache is unbounded) until the connection
-    /// closes, so their number is the count [`ConnectionEvents`] keeps.
-    pub(crate) fn reset_after_own_sql(&self, conn: &mut AsyncPgConnection) -> String {
+    /// The reset itself.
+    pub(crate) fn reset(&self) -> &str {
+        self.reset
+    }
+
+    /// A statement that fails unless the server still holds exactly the
+    /// prepared statements the client has cached on `conn`, none replaced
+    /// (`loyalty.statements_intact`), to run inside the guard's transaction
+    /// as `loyalty_app`. SQL of the caller's can `DEALLOCATE` a cached
+    /// statement and `PREPARE` its own under the same name, which the next
+    /// guard on the connection would run with its tenant's proof and data;
+    /// or just `DEALLOCATE` it, and the next guard would fail. Statements
+    /// made by SQL `PREPARE` are `from_sql`; the client's own are not, and
+    /// it keeps every one it caches (the cache is unbounded) until the
+    /// connection closes, so their number is the count [`ConnectionEvents`]
+    /// keeps. `None` when the cache is off: every statement is then
+    /// prepared afresh under a new name, so none can be replaced.
+    pub(crate) fn statements_check(&self, conn: &mut AsyncPgConnection) -> Option<String> {
         if !self.statements_cached {
-            return self.reset.to_owned();
+            return None;
         }
-        let cached = ConnectionEvents::of(conn).map(|events| events.cached);
-        let Some(cached) = cached else {
-            // A connection the pool did not set up: nothing to compare with.
-            return format!("DEALLOCATE ALL; {}", self.reset);
-        };
-        // As loyalty_app, which may use the layer's schema; the session's
-        // role is the login again once the guard's transaction is over.
-        format!(
-            "SELECT pg_catalog.set_config('role', 'loyalty_app', true); \
-             SELECT loyalty.statements_intact({cached}); {}",
-            self.reset
-        )
+        // A connection the pool did not set up has no count: -1 never matches.
+        let cached = ConnectionEvents::of(conn).map_or(-1, |events| events.cached as i64);
+        Some(format!("SELECT loyalty.statements_intact({cached})"))
+    }
+
+    /// The reset after a guard's transaction rolled back, preceded by the
+    /// check, which then runs as `loyalty_app` in a transaction of its own.
+    pub(crate) fn reset_after_rollback(&self, conn: &mut AsyncPgConnection) -> String {
+        match self.statements_check(conn) {
+            Some(check) => format!(
+                "SELECT pg_catalog.set_config('role', 'loyalty_app', true); {check}; {}",
+                self.reset
+            ),
+            None => self.reset.to_owned(),
+        }
     }
 }
 

@@ -248,9 +248,13 @@ impl TenantConn {
             abandon(conn);
             return Err(Error::CallAbandoned);
         }
-        let cleanup = self
-            .cleanup()
-            .map(|session| session.reset_after_own_sql(&mut conn));
+        // After SQL of the caller's, the probe also checks the prepared
+        // statements, inside the transaction, as loyalty_app.
+        let cleanup = self.cleanup();
+        let probe = cleanup
+            .as_ref()
+            .and_then(|session| session.statements_check(&mut conn))
+            .unwrap_or_else(|| "SELECT 1".to_owned());
         // A probe, COMMIT and the session reset, pipelined in one round
         // trip: in a failed transaction the probe errors, and COMMIT then
         // only rolls back.
@@ -262,15 +266,19 @@ impl TenantConn {
         let (probe, commit, reset) = tokio::join!(
             // Polled, and so sent, in this order.
             biased;
-            for_probe.batch_execute("SELECT 1"),
+            for_probe.batch_execute(&probe),
             for_commit.batch_execute("COMMIT"),
             async {
                 match &cleanup {
                     None => Ok(()),
-                    Some(reset) => for_reset.batch_execute(reset).await,
+                    Some(session) => for_reset.batch_execute(session.reset()).await,
                 }
             },
         );
+        // After the caller's own SQL the probe is the statements check: a
+        // connection where it failed (or where the transaction had already
+        // failed, which hides it) is not trusted again.
+        let untrusted = cleanup.is_some() && probe.is_err();
         let status = AnsiTransactionManager::transaction_manager_status_mut(&mut *conn);
         let outcome = match (probe, commit) {
             (_, Err(err)) if connection_lost(&err) => {
@@ -298,6 +306,8 @@ impl TenantConn {
         // leave the connection marked for the pool to discard.
         if let Err(err) = reset {
             tracing::warn!(error = %err, "session reset after a guard failed; connection discarded");
+            mark_broken(&mut conn);
+        } else if untrusted {
             mark_broken(&mut conn);
         }
         outcome
@@ -343,7 +353,7 @@ async fn roll_back(conn: &mut Pooled, cleanup: Option<Arc<SessionSql>>) {
         mark_broken(conn);
     } else if let Some(session) = cleanup
         && let Err(err) = {
-            let reset = session.reset_after_own_sql(conn);
+            let reset = session.reset_after_rollback(conn);
             conn.batch_execute(&reset).await
         }
     {

@@ -150,9 +150,27 @@ impl TestDb {
     }
 }
 
+/// The service login's configuration. With `LOYALTY_TEST_PGBOUNCER` set to
+/// the `host:port` of a PgBouncer in transaction mode in front of the test
+/// server, the service login goes through it, with the statement cache off,
+/// as a deployment behind PgBouncer would; the migrator connects directly.
 fn service_config(admin_url: &str, database: &str) -> Config {
-    Config::from_url(&login_url(admin_url, database, SERVICE_LOGIN))
+    let mut service = Url::parse(&login_url(admin_url, database, SERVICE_LOGIN))
+        .expect("the test server's URL is a URL");
+    let pgbouncer = std::env::var("LOYALTY_TEST_PGBOUNCER")
+        .ok()
+        .filter(|address| !address.is_empty());
+    if let Some(address) = &pgbouncer {
+        let (host, port) = address
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+            .expect("LOYALTY_TEST_PGBOUNCER is host:port");
+        service.set_host(Some(host)).expect("a host name");
+        service.set_port(Some(port)).expect("a port");
+    }
+    Config::from_url(service.as_str())
         .expect("the test server's URL is a valid configuration")
+        .with_prepared_statements(pgbouncer.is_none())
         .with_migrator_url(login_url(admin_url, database, MIGRATOR_LOGIN))
 }
 

@@ -403,3 +403,102 @@ async fn retrying_idempotent_work_never_doubles_an_issuance() {
         "{outcome:?}"
     );
 }
+
+/// Backends killed at random while tasks issue: every acknowledged
+/// issuance exists afterwards, every failure is typed, and the books
+/// balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_backends_lose_no_acknowledged_issuance() {
+    use diesel::sql_types::BigInt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const TASKS: usize = 6;
+    const PER_TASK: usize = 25;
+    let db = TestDb::new().await;
+    let shop = Arc::new(
+        CampaignFixture::builder()
+            .hard_cap(10_000)
+            .customers(TASKS)
+            .create(db.store())
+            .await
+            .unwrap(),
+    );
+    let store = Store::connect(db.config().with_pool_size(TASKS as u32))
+        .await
+        .unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let killer = {
+        let (done, admin_url, name) = (done.clone(), db.superuser_url(), db.name().to_owned());
+        tokio::spawn(async move {
+            let mut admin =
+                <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(
+                    &admin_url,
+                )
+                .await
+                .unwrap();
+            let mut killed = 0i64;
+            while !AtomicBool::load(&done, Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(15)).await;
+                killed += diesel::select(sql::<BigInt>(&format!(
+                    "(SELECT count(pg_terminate_backend(pid)) FROM \
+                       (SELECT pid FROM pg_stat_activity \
+                         WHERE datname = '{name}' AND usename = 'loyalty_test_service' \
+                         ORDER BY random() LIMIT 1) victim)"
+                )))
+                .get_result::<i64>(&mut admin)
+                .await
+                .unwrap();
+            }
+            killed
+        })
+    };
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let (store, shop) = (store.clone(), shop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for n in 0..PER_TASK {
+                let key = format!("t{task}-n{n}");
+                let outcome = async {
+                    let mut tx = store.tenant(shop.tenant).await?;
+                    tx.issuances()
+                        .issue(issue_to(&shop, shop.customers[task], &key))
+                        .await?;
+                    tx.commit().await
+                }
+                .await;
+                match outcome {
+                    Ok(()) => acknowledged.push(key),
+                    Err(
+                        Error::ConnectionLost { .. }
+                        | Error::CommitOutcomeUnknown { .. }
+                        | Error::Connection(_)
+                        | Error::TransactionAborted,
+                    ) => {}
+                    Err(other) => panic!("{key}: an untyped failure: {other:?}"),
+                }
+            }
+            acknowledged
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for task in tasks {
+        acknowledged.extend(task.await.unwrap());
+    }
+    done.store(true, Ordering::SeqCst);
+    let killed = killer.await.unwrap();
+    assert!(killed > 0, "no backend was killed");
+    assert!(!acknowledged.is_empty());
+    // The killer may have closed the harness store's idle connections too.
+    let fresh = Store::connect(db.config()).await.unwrap();
+    let mut tx = fresh.tenant(shop.tenant).await.unwrap();
+    for key in &acknowledged {
+        assert!(
+            tx.issuances().find_by_key(key).await.unwrap().is_some(),
+            "{key} was acknowledged but is gone ({killed} backends killed)"
+        );
+    }
+    drop(tx);
+    crate::support::assert_books_balance(&fresh, shop.tenant).await;
+}

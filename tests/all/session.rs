@@ -186,7 +186,12 @@ async fn a_replaced_prepared_statement_never_runs_in_the_next_guard() {
         // still works, on a fresh connection.
         let mut tx = store.tenant(a.tenant).await.unwrap();
         tx.conn().batch_execute("DEALLOCATE ALL").await.unwrap();
-        tx.commit().await.unwrap();
+        // The guard that tampered cannot commit.
+        let tampered = tx.commit().await;
+        assert!(
+            matches!(tampered, Err(Error::TransactionAborted)),
+            "{login}: {tampered:?}"
+        );
         let mut tx = store.tenant(b.tenant).await.unwrap();
         tx.customers().get(b.customers[0]).await.unwrap();
         assert_ne!(
@@ -211,7 +216,7 @@ async fn a_replaced_prepared_statement_never_runs_in_the_next_guard() {
             )
             .await
             .unwrap();
-        tx.commit().await.unwrap();
+        assert!(tx.commit().await.is_err(), "{login}");
 
         let mut tx = store.tenant(b.tenant).await.unwrap();
         tx.customers().get(b.customers[0]).await.unwrap();
