@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the guard, isolation, money-concurrency and platform tests through
-# PgBouncer in transaction mode, from two test processes at once sharing one
-# PgBouncer and one PostgreSQL, as two service instances would.
+# Runs the guard, isolation, money-concurrency, platform and operations tests,
+# and concurrent migrations, through PgBouncer in transaction mode, from two
+# test processes at once sharing one PgBouncer and one PostgreSQL, as two
+# service instances would. Every test database is migrated through it too.
 #
 # Starts a throwaway PostgreSQL (trust auth, loopback) and Debian's PgBouncer
 # in front of it; both are stopped and deleted on exit. Needs initdb and
@@ -53,6 +54,7 @@ trap cleanup EXIT
 cat >"$dir/userlist.txt" <<EOF
 "loyalty_test_service" ""
 "loyalty_test_service_inherit" ""
+"loyalty_test_migrator" ""
 EOF
 cat >"$dir/pgbouncer.ini" <<EOF
 [databases]
@@ -81,10 +83,10 @@ export DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
 export LOYALTY_TEST_PGBOUNCER="127.0.0.1:$bouncer_port"
 # Tests that inspect one server session from outside a guard (backend pids,
 # session state) have no meaning through a pooler in transaction mode.
-filters=(guard:: isolation:: money::races:: platform::)
+filters=(${PGBOUNCER_TEST_FILTERS:-guard:: isolation:: money::races:: platform:: ops:: migrations::four_instances})
 skips=(--skip guard::dropped_guard --skip guard::committed_guard)
 
-cargo test --test all --no-run >/dev/null
+cargo test --test all --no-run >/dev/null 2>&1
 status=0
 pids=()
 for process in 1 2; do
@@ -99,4 +101,8 @@ for n in 0 1; do
     fi
 done
 grep -h "test result" "$dir"/tests-*.log
+# Proof the service logins went through PgBouncer, not around it.
+logins=$(grep -c "login attempt: db=loyalty_test_" "$dir/pgbouncer.log" || true)
+echo "pgbouncer-tests: $logins client logins through PgBouncer"
+[ "$logins" -gt 0 ] || status=1
 exit $status

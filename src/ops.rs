@@ -167,11 +167,11 @@ impl Store {
     /// unreachable server by probing on a connection outside the pool.
     pub async fn health(&self) -> Health {
         let (probe, pool_exhausted) = match self.checkout().await {
-            Ok(mut conn) => (server_version(&mut conn).await, false),
+            Ok(mut conn) => (self.answer(server_version(&mut conn)).await, false),
             Err(Error::PoolTimeout) => {
                 let own = establish(&self.config().database_url).await;
                 match own {
-                    Ok(mut conn) => (server_version(&mut conn).await, true),
+                    Ok(mut conn) => (self.answer(server_version(&mut conn)).await, true),
                     Err(e) => (Err(Error::Connection(e)), true),
                 }
             }
@@ -189,6 +189,25 @@ impl Store {
             server_version,
             error,
         }
+    }
+
+    /// The probe's answer, or an error once the checkout timeout has passed
+    /// without one: behind PgBouncer a connection to a server that is gone
+    /// waits for PgBouncer's own timeout (`query_wait_timeout`, 120 s by
+    /// default). The probe runs in a transaction, so a connection given up
+    /// on is one the pool discards.
+    async fn answer(
+        &self,
+        probe: impl Future<Output = Result<(String, Duration)>>,
+    ) -> Result<(String, Duration)> {
+        let limit = self.config().checkout_timeout;
+        tokio::time::timeout(limit, probe)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::ConnectionLost {
+                    message: format!("no answer from the server within {limit:?}"),
+                })
+            })
     }
 
     /// Table and index sizes of the current schema, and the slowest

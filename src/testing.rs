@@ -127,9 +127,12 @@ impl TestDb {
         login_url(&server().admin_url, &self.name, SERVICE_LOGIN)
     }
 
-    /// The database's URL as the migrator, which owns the crate's objects.
+    /// The database's URL as the migrator, which owns the crate's objects
+    /// (through PgBouncer, as [`TestDb::config`] says, when one is set).
     pub fn migrator_url(&self) -> String {
-        login_url(&server().admin_url, &self.name, MIGRATOR_LOGIN)
+        self.config()
+            .migrator_url
+            .expect("the test configuration names the migrator")
     }
 
     /// The database's URL as a superuser.
@@ -152,26 +155,29 @@ impl TestDb {
 
 /// The service login's configuration. With `LOYALTY_TEST_PGBOUNCER` set to
 /// the `host:port` of a PgBouncer in transaction mode in front of the test
-/// server, the service login goes through it, with the statement cache off,
-/// as a deployment behind PgBouncer would; the migrator connects directly.
+/// server, both logins go through it, as a deployment behind PgBouncer
+/// would, and the service's statement cache is off.
 fn service_config(admin_url: &str, database: &str) -> Config {
-    let mut service = Url::parse(&login_url(admin_url, database, SERVICE_LOGIN))
-        .expect("the test server's URL is a URL");
     let pgbouncer = std::env::var("LOYALTY_TEST_PGBOUNCER")
         .ok()
         .filter(|address| !address.is_empty());
-    if let Some(address) = &pgbouncer {
-        let (host, port) = address
-            .rsplit_once(':')
-            .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
-            .expect("LOYALTY_TEST_PGBOUNCER is host:port");
-        service.set_host(Some(host)).expect("a host name");
-        service.set_port(Some(port)).expect("a port");
-    }
-    Config::from_url(service.as_str())
+    let url = |login: &str| {
+        let mut url = Url::parse(&login_url(admin_url, database, login))
+            .expect("the test server's URL is a URL");
+        if let Some(address) = &pgbouncer {
+            let (host, port) = address
+                .rsplit_once(':')
+                .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+                .expect("LOYALTY_TEST_PGBOUNCER is host:port");
+            url.set_host(Some(host)).expect("a host name");
+            url.set_port(Some(port)).expect("a port");
+        }
+        String::from(url)
+    };
+    Config::from_url(&url(SERVICE_LOGIN))
         .expect("the test server's URL is a valid configuration")
         .with_prepared_statements(pgbouncer.is_none())
-        .with_migrator_url(login_url(admin_url, database, MIGRATOR_LOGIN))
+        .with_migrator_url(url(MIGRATOR_LOGIN))
 }
 
 fn login_url(admin_url: &str, database: &str, login: &str) -> String {
