@@ -47,7 +47,7 @@ trap cleanup EXIT
 "${as_owner[@]}" "$pg_bin/initdb" -D "$dir/data" -U postgres -A trust --no-sync >"$dir/initdb.log"
 "${as_owner[@]}" "$pg_bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
     -o "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir \
-        -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+        -c max_connections=300 -c fsync=off -c full_page_writes=off" \
     start >/dev/null
 
 # Trust auth still needs the user names PgBouncer may pass through.
@@ -101,6 +101,24 @@ for n in 0 1; do
     fi
 done
 grep -h "test result" "$dir"/tests-*.log
+
+# Then a crash: the server stopped with -m immediate and started again while
+# tasks issue, straight to PostgreSQL (PgBouncer would only add its own
+# reconnect delay). synchronous_commit stays on, so an acknowledged commit is
+# in the WAL; fsync off only skips the flush to disk, which a crash of the
+# server's processes (not of the machine) does not need.
+crash="${as_owner[*]} $pg_bin/pg_ctl -D $dir/data -m immediate stop >/dev/null && \
+    ${as_owner[*]} $pg_bin/pg_ctl -D $dir/data -l $dir/server.log -w \
+    -o \"-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir \
+        -c max_connections=300 -c fsync=off -c full_page_writes=off\" \
+    start >/dev/null"
+if ! LOYALTY_TEST_PGBOUNCER= LOYALTY_TEST_CRASH="$crash" cargo test -q --test all -- \
+        faults::a_server_crash --nocapture >"$dir/crash.log" 2>&1; then
+    status=1
+    echo "pgbouncer-tests: the crash test failed:" >&2
+    cat "$dir/crash.log" >&2
+fi
+grep -h "crash test\|test result" "$dir/crash.log"
 # Proof the service logins went through PgBouncer, not around it.
 logins=$(grep -c "login attempt: db=loyalty_test_" "$dir/pgbouncer.log" || true)
 echo "pgbouncer-tests: $logins client logins through PgBouncer"

@@ -7,10 +7,15 @@
 CREATE FUNCTION loyalty.statements_intact(p_cached bigint) RETURNS boolean
     LANGUAGE plpgsql
     AS $$
+DECLARE
+    ours bigint;
+    prepared_by_sql boolean;
 BEGIN
-    IF (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql)
-           OPERATOR(pg_catalog.<>) p_cached
-       OR EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql) THEN
+    -- One pass: the view builds every statement's text on each read.
+    SELECT pg_catalog.count(*) FILTER (WHERE NOT from_sql), pg_catalog.bool_or(from_sql)
+      INTO ours, prepared_by_sql
+      FROM pg_catalog.pg_prepared_statements;
+    IF ours OPERATOR(pg_catalog.<>) p_cached OR prepared_by_sql THEN
         RAISE EXCEPTION 'the prepared statements of this session were changed by SQL sent through a guard';
     END IF;
     RETURN true;
