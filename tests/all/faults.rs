@@ -26,6 +26,57 @@ async fn setting(conn: &mut diesel_async::AsyncPgConnection, name: &str) -> Stri
         .unwrap()
 }
 
+/// One issuance in a guard of its own, under faults: `true` when it was
+/// acknowledged, `false` for a failure the caller can act on; any other
+/// failure fails the test.
+async fn issue_acknowledged(store: &Store, shop: &CampaignFixture, task: usize, key: &str) -> bool {
+    let outcome = async {
+        let mut tx = store.tenant(shop.tenant).await?;
+        tx.issuances()
+            .issue(issue_to(shop, shop.customers[task], key))
+            .await?;
+        tx.commit().await
+    }
+    .await;
+    match outcome {
+        Ok(()) => true,
+        Err(err) if err.is_retryable() => false,
+        Err(
+            Error::CommitOutcomeUnknown { .. } | Error::Connection(_) | Error::TransactionAborted,
+        ) => false,
+        Err(other) => panic!("{key}: an untyped failure: {other:?}"),
+    }
+}
+
+/// Every acknowledged issuance exists, and the books balance, seen through
+/// a store of its own (faults may have closed the harness store's idle
+/// connections).
+async fn assert_kept(db: &TestDb, shop: &CampaignFixture, acknowledged: &[String]) {
+    assert!(!acknowledged.is_empty());
+    let fresh = Store::connect(db.config()).await.unwrap();
+    let mut tx = fresh.tenant(shop.tenant).await.unwrap();
+    for key in acknowledged {
+        assert!(
+            tx.issuances().find_by_key(key).await.unwrap().is_some(),
+            "{key} was acknowledged but is gone"
+        );
+    }
+    drop(tx);
+    crate::support::assert_books_balance(&fresh, shop.tenant).await;
+}
+
+/// Ends a backend, as an administrator would.
+async fn terminate(db_admin_url: &str, pid: i32) {
+    let mut admin =
+        <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(db_admin_url)
+            .await
+            .unwrap();
+    admin
+        .batch_execute(&format!("SELECT pg_terminate_backend({pid})"))
+        .await
+        .unwrap();
+}
+
 /// Every timeout is transaction-local: set by the guard's opening, gone from
 /// the session afterwards, so nothing stays on a server connection that
 /// PgBouncer hands to another client.
@@ -350,14 +401,7 @@ async fn retrying_idempotent_work_never_doubles_an_issuance() {
                 if run < 2 {
                     // The first run loses its connection before COMMIT
                     // (an unknown outcome); so does the second.
-                    let pid = backend_pid(tx).await;
-                    let mut admin = <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(&admin_url)
-                        .await
-                        .unwrap();
-                    admin
-                        .batch_execute(&format!("SELECT pg_terminate_backend({pid})"))
-                        .await
-                        .unwrap();
+                    terminate(&admin_url, backend_pid(tx).await).await;
                 }
                 Ok(issued)
             }
@@ -460,23 +504,8 @@ async fn killed_backends_lose_no_acknowledged_issuance() {
             let mut acknowledged = Vec::new();
             for n in 0..PER_TASK {
                 let key = format!("t{task}-n{n}");
-                let outcome = async {
-                    let mut tx = store.tenant(shop.tenant).await?;
-                    tx.issuances()
-                        .issue(issue_to(&shop, shop.customers[task], &key))
-                        .await?;
-                    tx.commit().await
-                }
-                .await;
-                match outcome {
-                    Ok(()) => acknowledged.push(key),
-                    Err(
-                        Error::ConnectionLost { .. }
-                        | Error::CommitOutcomeUnknown { .. }
-                        | Error::Connection(_)
-                        | Error::TransactionAborted,
-                    ) => {}
-                    Err(other) => panic!("{key}: an untyped failure: {other:?}"),
+                if issue_acknowledged(&store, &shop, task, &key).await {
+                    acknowledged.push(key);
                 }
             }
             acknowledged
@@ -489,18 +518,7 @@ async fn killed_backends_lose_no_acknowledged_issuance() {
     done.store(true, Ordering::SeqCst);
     let killed = killer.await.unwrap();
     assert!(killed > 0, "no backend was killed");
-    assert!(!acknowledged.is_empty());
-    // The killer may have closed the harness store's idle connections too.
-    let fresh = Store::connect(db.config()).await.unwrap();
-    let mut tx = fresh.tenant(shop.tenant).await.unwrap();
-    for key in &acknowledged {
-        assert!(
-            tx.issuances().find_by_key(key).await.unwrap().is_some(),
-            "{key} was acknowledged but is gone ({killed} backends killed)"
-        );
-    }
-    drop(tx);
-    crate::support::assert_books_balance(&fresh, shop.tenant).await;
+    assert_kept(&db, &shop, &acknowledged).await;
 }
 
 /// The server itself crashes (`pg_ctl stop -m immediate`) and restarts
@@ -545,23 +563,10 @@ async fn a_server_crash_mid_load_loses_no_acknowledged_issuance() {
             while !AtomicBool::load(&done, Ordering::SeqCst) {
                 n += 1;
                 let key = format!("t{task}-n{n}");
-                let outcome = async {
-                    let mut tx = store.tenant(shop.tenant).await?;
-                    tx.issuances()
-                        .issue(issue_to(&shop, shop.customers[task], &key))
-                        .await?;
-                    tx.commit().await
-                }
-                .await;
-                match outcome {
-                    Ok(()) => acknowledged.push(key),
-                    Err(err) if err.is_retryable() => {}
-                    Err(
-                        Error::CommitOutcomeUnknown { .. }
-                        | Error::Connection(_)
-                        | Error::TransactionAborted,
-                    ) => tokio::time::sleep(Duration::from_millis(20)).await,
-                    Err(other) => panic!("{key}: an untyped failure: {other:?}"),
+                if issue_acknowledged(&store, &shop, task, &key).await {
+                    acknowledged.push(key);
+                } else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
             acknowledged
@@ -604,18 +609,9 @@ async fn a_server_crash_mid_load_loses_no_acknowledged_issuance() {
     for task in tasks {
         acknowledged.extend(task.await.unwrap());
     }
-    let fresh = Store::connect(db.config()).await.unwrap();
-    let mut tx = fresh.tenant(shop.tenant).await.unwrap();
-    for key in &acknowledged {
-        assert!(
-            tx.issuances().find_by_key(key).await.unwrap().is_some(),
-            "{key} was acknowledged but is gone"
-        );
-    }
-    drop(tx);
+    assert_kept(&db, &shop, &acknowledged).await;
     eprintln!(
         "crash test: {} acknowledged issuances all present",
         acknowledged.len()
     );
-    crate::support::assert_books_balance(&fresh, shop.tenant).await;
 }
