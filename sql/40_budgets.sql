@@ -83,10 +83,12 @@ BEGIN
         RETURN;
     END IF;
     UPDATE public.budgets SET
-        reserved = reserved + CASE p_entry_type WHEN 'reserve' THEN p_amount
-                                                WHEN 'topup' THEN 0 ELSE -p_amount END,
-        spent = spent + CASE p_entry_type WHEN 'commit' THEN p_amount ELSE 0 END,
-        hard_cap = hard_cap + CASE p_entry_type WHEN 'topup' THEN p_amount ELSE 0 END
+        -- Searched, not simple, CASEs: Citus deparses a simple CASE on a
+        -- parameter into text = boolean.
+        reserved = reserved + CASE WHEN p_entry_type = 'reserve' THEN p_amount
+                                   WHEN p_entry_type = 'topup' THEN 0 ELSE -p_amount END,
+        spent = spent + CASE WHEN p_entry_type = 'commit' THEN p_amount ELSE 0 END,
+        hard_cap = hard_cap + CASE WHEN p_entry_type = 'topup' THEN p_amount ELSE 0 END
     WHERE tenant_id = t AND id = p_budget_id
     RETURNING * INTO b;
     INSERT INTO public.ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)

@@ -58,8 +58,12 @@ CREATE FUNCTION loyalty.settle_pending_reservations() RETURNS void
     LANGUAGE plpgsql
     AS $$
 BEGIN
-    SET CONSTRAINTS ledger_entries_settle_at_commit IMMEDIATE;
-    SET CONSTRAINTS ledger_entries_settle_at_commit DEFERRED;
+    -- ALL, not the trigger's name: on Citus the shards' copies of the
+    -- trigger carry a shard suffix, and only ALL reaches them. The schema's
+    -- other deferred check, a code's issuance, holds by the time anything
+    -- moves reserved money down.
+    SET CONSTRAINTS ALL IMMEDIATE;
+    SET CONSTRAINTS ALL DEFERRED;
 END
 $$;
 

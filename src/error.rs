@@ -177,8 +177,26 @@ fn refusal(info: &(dyn DatabaseErrorInformation + Send + Sync)) -> Option<Refusa
     Refusal::from_json(info.details()?)
 }
 
+/// The violated constraint's name. Citus forwards a shard's error without
+/// the constraint field, and names the shard's copy (`..._102016`) in the
+/// message; the name is then read from the message, without the suffix.
 fn constraint_of(info: &(dyn DatabaseErrorInformation + Send + Sync)) -> String {
-    info.constraint_name().unwrap_or("unknown").to_owned()
+    match info.constraint_name() {
+        Some(name) => name.to_owned(),
+        None => constraint_in_message(info.message()).unwrap_or_else(|| "unknown".to_owned()),
+    }
+}
+
+fn constraint_in_message(message: &str) -> Option<String> {
+    let (_, quoted) = message.split_once("constraint \"")?;
+    let (name, _) = quoted.split_once('"')?;
+    let unsharded = match name.rsplit_once('_') {
+        Some((base, suffix)) if !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()) => {
+            base
+        }
+        _ => name,
+    };
+    Some(unsharded.to_owned())
 }
 
 // diesel-async 0.9 keeps SQLSTATE to itself for the codes it does not map to a
@@ -278,6 +296,28 @@ impl From<DieselError> for Error {
             },
             other => Error::Database(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constraint_in_message;
+
+    #[test]
+    fn a_shards_constraint_name_loses_its_suffix() {
+        assert_eq!(
+            constraint_in_message(
+                "duplicate key value violates unique constraint \"customers_tenant_phone_key_102016\""
+            )
+            .as_deref(),
+            Some("customers_tenant_phone_key")
+        );
+        assert_eq!(
+            constraint_in_message("new row for relation \"budgets\" violates check constraint \"budgets_within_cap\"")
+                .as_deref(),
+            Some("budgets_within_cap")
+        );
+        assert_eq!(constraint_in_message("something else"), None);
     }
 }
 

@@ -4,6 +4,7 @@
 mod analytics;
 mod context;
 mod demo;
+mod distribution;
 mod faults;
 mod guard;
 mod inputs;
