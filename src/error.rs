@@ -191,7 +191,9 @@ fn constraint_in_message(message: &str) -> Option<String> {
     let (_, quoted) = message.split_once("constraint \"")?;
     let (name, _) = quoted.split_once('"')?;
     let unsharded = match name.rsplit_once('_') {
-        Some((base, suffix)) if !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()) => {
+        Some((base, suffix))
+            if !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()) =>
+        {
             base
         }
         _ => name,
@@ -299,28 +301,6 @@ impl From<DieselError> for Error {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::constraint_in_message;
-
-    #[test]
-    fn a_shards_constraint_name_loses_its_suffix() {
-        assert_eq!(
-            constraint_in_message(
-                "duplicate key value violates unique constraint \"customers_tenant_phone_key_102016\""
-            )
-            .as_deref(),
-            Some("customers_tenant_phone_key")
-        );
-        assert_eq!(
-            constraint_in_message("new row for relation \"budgets\" violates check constraint \"budgets_within_cap\"")
-                .as_deref(),
-            Some("budgets_within_cap")
-        );
-        assert_eq!(constraint_in_message("something else"), None);
-    }
-}
-
 impl From<InvalidValue> for Error {
     fn from(InvalidValue { field, reason }: InvalidValue) -> Self {
         Error::InvalidInput { field, reason }
@@ -342,5 +322,29 @@ impl From<bb8::RunError<PoolError>> for Error {
             bb8::RunError::TimedOut => Error::PoolTimeout,
             bb8::RunError::User(e) => Error::from(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constraint_in_message;
+
+    #[test]
+    fn a_shards_constraint_name_loses_its_suffix() {
+        assert_eq!(
+            constraint_in_message(
+                "duplicate key value violates unique constraint \"customers_tenant_phone_key_102016\""
+            )
+            .as_deref(),
+            Some("customers_tenant_phone_key")
+        );
+        assert_eq!(
+            constraint_in_message(
+                "new row for relation \"budgets\" violates check constraint \"budgets_within_cap\""
+            )
+            .as_deref(),
+            Some("budgets_within_cap")
+        );
+        assert_eq!(constraint_in_message("something else"), None);
     }
 }

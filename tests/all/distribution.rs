@@ -98,7 +98,10 @@ async fn a_table_that_breaks_the_rules_is_caught() {
             .map(|b| b.rule.as_str())
             .collect()
     };
-    assert!(rules("loose").contains(&"a tenant_id uuid NOT NULL column"), "{broken:#?}");
+    assert!(
+        rules("loose").contains(&"a tenant_id uuid NOT NULL column"),
+        "{broken:#?}"
+    );
     for rule in [
         "keys lead with tenant_id",
         "foreign keys lead with tenant_id",
