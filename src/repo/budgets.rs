@@ -294,6 +294,7 @@ impl BudgetRepository for Budgets<'_> {
 
     async fn get(&mut self, id: BudgetId) -> Result<Budget> {
         Ok(budgets::table
+            .filter(budgets::tenant_id.eq(self.0.tenant_id()))
             .filter(budgets::id.eq(id))
             .select(Budget::as_select())
             .get_result(self.0.db())

@@ -150,6 +150,7 @@ impl CampaignRepository for Campaigns<'_> {
 
     async fn get(&mut self, id: CampaignId) -> Result<Campaign> {
         Ok(campaigns::table
+            .filter(campaigns::tenant_id.eq(self.0.tenant_id()))
             .filter(campaigns::id.eq(id))
             .select(Campaign::as_select())
             .get_result(self.0.db())
@@ -179,11 +180,15 @@ impl CampaignRepository for Campaigns<'_> {
     }
 
     async fn update_status(&mut self, id: CampaignId, status: CampaignStatus) -> Result<Campaign> {
-        let updated = diesel::update(campaigns::table.filter(campaigns::id.eq(id)))
-            .set(campaigns::status.eq(status))
-            .returning(Campaign::as_returning())
-            .get_result(self.0.db())
-            .await?;
+        let updated = diesel::update(
+            campaigns::table
+                .filter(campaigns::tenant_id.eq(self.0.tenant_id()))
+                .filter(campaigns::id.eq(id)),
+        )
+        .set(campaigns::status.eq(status))
+        .returning(Campaign::as_returning())
+        .get_result(self.0.db())
+        .await?;
         audit_logs::record(
             self.0,
             "campaign.status_changed",

@@ -104,6 +104,7 @@ impl CustomerRepository for Customers<'_> {
 
     async fn get(&mut self, id: CustomerId) -> Result<Customer> {
         Ok(customers::table
+            .filter(customers::tenant_id.eq(self.0.tenant_id()))
             .filter(customers::id.eq(id))
             .select(Customer::as_select())
             .get_result(self.0.db())
@@ -113,6 +114,7 @@ impl CustomerRepository for Customers<'_> {
     async fn find_by_phone(&mut self, phone_e164: &str) -> Result<Option<Customer>> {
         validate::e164("phone_e164", phone_e164)?;
         Ok(customers::table
+            .filter(customers::tenant_id.eq(self.0.tenant_id()))
             .filter(customers::phone_e164.eq(phone_e164))
             .select(Customer::as_select())
             .get_result(self.0.db())
@@ -121,12 +123,14 @@ impl CustomerRepository for Customers<'_> {
     }
 
     async fn update_status(&mut self, id: CustomerId, status: CustomerStatus) -> Result<Customer> {
-        Ok(
-            diesel::update(customers::table.filter(customers::id.eq(id)))
-                .set(customers::status.eq(status))
-                .returning(Customer::as_returning())
-                .get_result(self.0.db())
-                .await?,
+        Ok(diesel::update(
+            customers::table
+                .filter(customers::tenant_id.eq(self.0.tenant_id()))
+                .filter(customers::id.eq(id)),
         )
+        .set(customers::status.eq(status))
+        .returning(Customer::as_returning())
+        .get_result(self.0.db())
+        .await?)
     }
 }

@@ -406,6 +406,7 @@ impl IssuanceRepository for Issuances<'_> {
 
     async fn get(&mut self, id: IssuanceId) -> Result<Issuance> {
         Ok(issuances::table
+            .filter(issuances::tenant_id.eq(self.0.tenant_id()))
             .filter(issuances::id.eq(id))
             .select(Issuance::as_select())
             .get_result(self.0.db())
@@ -414,6 +415,7 @@ impl IssuanceRepository for Issuances<'_> {
 
     async fn find_by_key(&mut self, idempotency_key: &str) -> Result<Option<Issuance>> {
         Ok(issuances::table
+            .filter(issuances::tenant_id.eq(self.0.tenant_id()))
             .filter(issuances::idempotency_key.eq(idempotency_key))
             .select(Issuance::as_select())
             .get_result(self.0.db())
@@ -428,6 +430,7 @@ impl IssuanceRepository for Issuances<'_> {
     ) -> Result<Vec<Issuance>> {
         let limit = validate::page_limit(page.limit)?;
         let mut query = issuances::table
+            .filter(issuances::tenant_id.eq(self.0.tenant_id()))
             .filter(issuances::customer_id.eq(customer_id))
             .order((issuances::issued_at.desc(), issuances::id.desc()))
             .limit(limit)

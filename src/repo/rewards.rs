@@ -115,6 +115,7 @@ impl RewardRepository for Rewards<'_> {
 
     async fn get(&mut self, id: RewardId) -> Result<Reward> {
         Ok(reward_catalog::table
+            .filter(reward_catalog::tenant_id.eq(self.0.tenant_id()))
             .filter(reward_catalog::id.eq(id))
             .select(Reward::as_select())
             .get_result(self.0.db())
@@ -131,12 +132,14 @@ impl RewardRepository for Rewards<'_> {
     }
 
     async fn set_status(&mut self, id: RewardId, status: RewardStatus) -> Result<Reward> {
-        Ok(
-            diesel::update(reward_catalog::table.filter(reward_catalog::id.eq(id)))
-                .set(reward_catalog::status.eq(status))
-                .returning(Reward::as_returning())
-                .get_result(self.0.db())
-                .await?,
+        Ok(diesel::update(
+            reward_catalog::table
+                .filter(reward_catalog::tenant_id.eq(self.0.tenant_id()))
+                .filter(reward_catalog::id.eq(id)),
         )
+        .set(reward_catalog::status.eq(status))
+        .returning(Reward::as_returning())
+        .get_result(self.0.db())
+        .await?)
     }
 }

@@ -135,6 +135,7 @@ impl RuleRepository for Rules<'_> {
 
     async fn get(&mut self, id: RuleId) -> Result<Rule> {
         Ok(rules::table
+            .filter(rules::tenant_id.eq(self.0.tenant_id()))
             .filter(rules::id.eq(id))
             .select(Rule::as_select())
             .get_result(self.0.db())
@@ -167,11 +168,15 @@ impl RuleRepository for Rules<'_> {
     }
 
     async fn set_active(&mut self, id: RuleId, active: bool) -> Result<Rule> {
-        let updated = diesel::update(rules::table.filter(rules::id.eq(id)))
-            .set(rules::active.eq(active))
-            .returning(Rule::as_returning())
-            .get_result(self.0.db())
-            .await?;
+        let updated = diesel::update(
+            rules::table
+                .filter(rules::tenant_id.eq(self.0.tenant_id()))
+                .filter(rules::id.eq(id)),
+        )
+        .set(rules::active.eq(active))
+        .returning(Rule::as_returning())
+        .get_result(self.0.db())
+        .await?;
         let action = if active {
             "rule.activated"
         } else {

@@ -142,6 +142,7 @@ impl StaffUserRepository for StaffUsers<'_> {
 
     async fn get(&mut self, id: StaffUserId) -> Result<StaffUser> {
         Ok(staff_users::table
+            .filter(staff_users::tenant_id.eq(self.0.tenant_id()))
             .filter(staff_users::id.eq(id))
             .select(StaffUser::as_select())
             .get_result(self.0.db())
@@ -170,11 +171,15 @@ impl StaffUserRepository for StaffUsers<'_> {
     }
 
     async fn update_role(&mut self, id: StaffUserId, role: StaffRole) -> Result<StaffUser> {
-        let updated = diesel::update(staff_users::table.filter(staff_users::id.eq(id)))
-            .set(staff_users::role.eq(role))
-            .returning(StaffUser::as_returning())
-            .get_result(self.0.db())
-            .await?;
+        let updated = diesel::update(
+            staff_users::table
+                .filter(staff_users::tenant_id.eq(self.0.tenant_id()))
+                .filter(staff_users::id.eq(id)),
+        )
+        .set(staff_users::role.eq(role))
+        .returning(StaffUser::as_returning())
+        .get_result(self.0.db())
+        .await?;
         audit_logs::record(
             self.0,
             "staff.role_changed",

@@ -121,6 +121,7 @@ impl VoucherCodes<'_> {
         to: VoucherStatus,
         required: VoucherStatus,
     ) -> Result<VoucherCode> {
+        let tenant = self.0.tenant_id();
         let conn: &AsyncPgConnection = self.0.db();
         let (mut for_move, mut for_read) = (conn, conn);
         let (moved, code) = tokio::join!(
@@ -128,6 +129,7 @@ impl VoucherCodes<'_> {
             biased;
             diesel::select(advance_code(id, to.as_str())).get_result::<bool>(&mut for_move),
             voucher_codes::table
+                .filter(voucher_codes::tenant_id.eq(tenant))
                 .filter(voucher_codes::id.eq(id))
                 .select(VoucherCode::as_select())
                 .get_result(&mut for_read),
@@ -207,6 +209,7 @@ impl VoucherCodeRepository for VoucherCodes<'_> {
 
     async fn find(&mut self, reward_id: RewardId, code: &str) -> Result<Option<VoucherCode>> {
         Ok(voucher_codes::table
+            .filter(voucher_codes::tenant_id.eq(self.0.tenant_id()))
             .filter(voucher_codes::reward_id.eq(reward_id))
             .filter(voucher_codes::code.eq(code))
             .select(VoucherCode::as_select())
@@ -217,6 +220,7 @@ impl VoucherCodeRepository for VoucherCodes<'_> {
 
     async fn counts(&mut self, reward_id: RewardId) -> Result<StatusCounts> {
         let rows: Vec<(VoucherStatus, i64)> = voucher_codes::table
+            .filter(voucher_codes::tenant_id.eq(self.0.tenant_id()))
             .filter(voucher_codes::reward_id.eq(reward_id))
             .group_by(voucher_codes::status)
             .select((voucher_codes::status, diesel::dsl::count_star()))
