@@ -21,21 +21,3 @@ BEGIN
     RETURN true;
 END
 $$;
-
--- Puts a session back as the login left it: every setting to its default,
--- no temporary tables, listeners, open cursors or advisory locks. One call
--- costs a third of the same six statements sent one by one (measured with
--- pgbench: 0.06 ms against 0.19 ms). Prepared statements stay: the client's
--- cache relies on them (see statements_intact).
-CREATE FUNCTION loyalty.reset_session() RETURNS void
-    LANGUAGE plpgsql
-    AS $$
-BEGIN
-    SET SESSION AUTHORIZATION DEFAULT;
-    RESET ALL;
-    EXECUTE 'DISCARD TEMP';
-    EXECUTE 'UNLISTEN *';
-    EXECUTE 'CLOSE ALL';
-    PERFORM pg_catalog.pg_advisory_unlock_all();
-END
-$$;

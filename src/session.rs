@@ -16,12 +16,9 @@ pub(crate) struct SessionSql {
     /// Role, search path (`pg_temp` last, so a temporary table never shadows
     /// a crate table) and the configured timeouts, for the transaction.
     pub(crate) opening: String,
-    /// `loyalty.reset_session()`: every setting back to the login's
-    /// defaults, no temporary tables, advisory locks, listeners or open
-    /// cursors. `DISCARD ALL` would also drop the prepared statements diesel
-    /// caches, so the function spells it out. The role first, for the
-    /// schema: once the guard's transaction is over the session acts as the
-    /// login again, which may not use the layer's schema itself.
+    /// Every setting back to the login's defaults, no temporary tables,
+    /// advisory locks, listeners or open cursors. `DISCARD ALL` would also
+    /// drop the prepared statements diesel caches, so it is spelt out.
     reset: &'static str,
     /// Whether the client caches prepared statements, which then need the
     /// check in [`SessionSql::reset_after_own_sql`]. Without the cache every
@@ -30,9 +27,8 @@ pub(crate) struct SessionSql {
     statements_cached: bool,
 }
 
-const AS_APP: &str = "SELECT pg_catalog.set_config('role', 'loyalty_app', true)";
-const RESET: &str = "SELECT pg_catalog.set_config('role', 'loyalty_app', true); \
-                     SELECT loyalty.reset_session()";
+const RESET: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DISCARD TEMP; UNLISTEN *; \
+                     CLOSE ALL; SELECT pg_advisory_unlock_all()";
 
 impl SessionSql {
     pub(crate) fn new(config: &Config) -> Self {
@@ -85,7 +81,10 @@ impl SessionSql {
     /// check, which then runs as `loyalty_app` in a transaction of its own.
     pub(crate) fn reset_after_rollback(&self, conn: &mut AsyncPgConnection) -> String {
         match self.statements_check(conn) {
-            Some(check) => format!("{AS_APP}; {check}; SELECT loyalty.reset_session()"),
+            Some(check) => format!(
+                "SELECT pg_catalog.set_config('role', 'loyalty_app', true); {check}; {}",
+                self.reset
+            ),
             None => self.reset.to_owned(),
         }
     }
