@@ -5,7 +5,7 @@ use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind, Error as Diese
 use diesel_async::pooled_connection::PoolError;
 
 use crate::invalid::InvalidValue;
-use crate::login::LoginPrivilege;
+use crate::privilege::LoginPrivilege;
 use crate::refusal::Refusal;
 use crate::status::VoucherStatus;
 
