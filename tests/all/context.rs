@@ -158,12 +158,7 @@ async fn a_service_login_that_leaves_the_guards_role_reaches_nothing() {
             "RESET ROLE; SELECT key FROM loyalty_secret.guard_key",
             "RESET ROLE; CREATE TEMP TABLE customers (LIKE public.customers)",
         ] {
-            let mut tx = store.tenant(a.tenant).await.unwrap();
-            let outcome = tx.conn().batch_execute(escape).await.map_err(Error::from);
-            assert!(
-                matches!(outcome, Err(Error::PermissionDenied { .. })),
-                "{login}: {escape}: {outcome:?}"
-            );
+            crate::support::assert_denied(&store, a.tenant, escape, login).await;
         }
     }
     assert_eq!(crate::support::budget(db.store(), &a).await, budget_before);
@@ -235,12 +230,7 @@ async fn a_guard_cannot_create_large_objects() {
             "SELECT lo_create(0)",
             "RESET ROLE; SELECT lo_creat(-1)",
         ] {
-            let mut tx = store.tenant(a.tenant).await.unwrap();
-            let outcome = tx.conn().batch_execute(attempt).await.map_err(Error::from);
-            assert!(
-                matches!(outcome, Err(Error::PermissionDenied { .. })),
-                "{login}: {attempt}: {outcome:?}"
-            );
+            crate::support::assert_denied(&store, a.tenant, attempt, login).await;
         }
     }
 }

@@ -81,12 +81,7 @@ async fn a_service_login_cannot_create_temporary_tables() {
             "RESET ROLE; CREATE TEMP TABLE customers (LIKE public.customers)",
             "CREATE TABLE pg_temp.issuances (LIKE public.issuances)",
         ] {
-            let mut tx = store.tenant(shop.tenant).await.unwrap();
-            let created = tx.conn().batch_execute(create).await.map_err(Error::from);
-            assert!(
-                matches!(created, Err(Error::PermissionDenied { .. })),
-                "{login}: {create}: {created:?}"
-            );
+            crate::support::assert_denied(&store, shop.tenant, create, login).await;
         }
     }
 }

@@ -83,6 +83,18 @@ pub async fn two_tenants(store: &Store) -> (TenantId, TenantId) {
     (a, b)
 }
 
+/// Sends `sql` through a fresh guard of `tenant` and asserts the database
+/// refused it for want of a privilege (or by a policy); `login` names the
+/// store in the failure message.
+pub async fn assert_denied(store: &Store, tenant: TenantId, sql: &str, login: &str) {
+    let mut tx = store.tenant(tenant).await.unwrap();
+    let outcome = tx.conn().batch_execute(sql).await.map_err(Error::from);
+    assert!(
+        matches!(outcome, Err(Error::PermissionDenied { .. })),
+        "{login}: {sql}: {outcome:?}"
+    );
+}
+
 /// The field an `InvalidInput` error names, or a panic saying what came instead.
 pub fn invalid_field<T: std::fmt::Debug>(outcome: Result<T>) -> &'static str {
     match outcome {

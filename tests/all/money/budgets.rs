@@ -317,15 +317,7 @@ async fn money_moves_only_through_the_money_functions() {
                 shop.tenant, shop.budget
             ),
         ] {
-            let mut tx = store.tenant(shop.tenant).await.unwrap();
-            let outcome = diesel::sql_query(&attempt)
-                .execute(tx.conn())
-                .await
-                .map_err(Error::from);
-            assert!(
-                matches!(outcome, Err(Error::PermissionDenied { .. })),
-                "{login}: {attempt}: {outcome:?}"
-            );
+            crate::support::assert_denied(&store, shop.tenant, &attempt, login).await;
         }
     }
     assert_eq!(crate::support::budget(db.store(), &shop).await, before);

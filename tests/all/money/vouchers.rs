@@ -1,6 +1,5 @@
 //! Voucher-code pools.
 
-use diesel_async::RunQueryDsl;
 use loyalty_store::prelude::*;
 use loyalty_store::repo::voucher_codes::{IMPORT_CHUNK, StatusCounts, VoucherStatus};
 use loyalty_store::testing::CampaignFixture;
@@ -188,15 +187,7 @@ async fn a_guards_own_sql_cannot_move_a_code() {
                 p.tenant, p.reward, issued.issuance.id
             ),
         ] {
-            let mut tx = store.tenant(p.tenant).await.unwrap();
-            let outcome = diesel::sql_query(&attempt)
-                .execute(tx.conn())
-                .await
-                .map_err(Error::from);
-            assert!(
-                matches!(outcome, Err(Error::PermissionDenied { .. })),
-                "{login}: {attempt}: {outcome:?}"
-            );
+            crate::support::assert_denied(&store, p.tenant, &attempt, login).await;
         }
     }
     let mut tx = store.tenant(p.tenant).await.unwrap();
