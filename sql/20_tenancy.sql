@@ -20,14 +20,37 @@ $$;
 -- can prepare once per connection: the tenant with its proof (see
 -- current_tenant_id()), then the tenant check. Anyone may call it; only the
 -- guard knows a proof that makes the context count.
+--
+-- The settings are made with SET LOCAL rather than set_config(): on Citus
+-- only a SET LOCAL reaches the worker nodes (with propagate_set_commands =
+-- 'local'), where every shard's policy checks the proof again. Sent from
+-- here, the proof travels to the workers but never appears in the query
+-- text of the client's session (docs/citus.md). On plain PostgreSQL the
+-- citus setting is an inert placeholder.
 CREATE FUNCTION loyalty.enter_tenant(p_tenant text, p_proof text) RETURNS boolean
     LANGUAGE plpgsql
     AS $$
 BEGIN
-    PERFORM pg_catalog.set_config('app.tenant_id', p_tenant, true),
-            pg_catalog.set_config('app.tenant_proof', p_proof, true);
+    PERFORM pg_catalog.set_config('citus.propagate_set_commands', 'local', true);
+    EXECUTE pg_catalog.format('SET LOCAL app.tenant_id = %L', p_tenant);
+    EXECUTE pg_catalog.format('SET LOCAL app.tenant_proof = %L', p_proof);
     PERFORM loyalty.assert_tenant_active();
     RETURN true;
+END
+$$;
+
+-- The tenant a money function was called for, which must be the guard's:
+-- the argument is what Citus routes a delegated call by, and the guard's
+-- verified context is what it may act for.
+CREATE FUNCTION loyalty.tenant_argument(p_tenant_id uuid) RETURNS uuid
+    LANGUAGE plpgsql STABLE
+    AS $$
+BEGIN
+    IF p_tenant_id IS NULL OR p_tenant_id IS DISTINCT FROM public.current_tenant_id() THEN
+        PERFORM loyalty.refuse('invalid_argument', 'the tenant argument is not the guard''s tenant',
+            jsonb_build_object('argument', 'tenant_id', 'reason', 'not the tenant in context'));
+    END IF;
+    RETURN p_tenant_id;
 END
 $$;
 

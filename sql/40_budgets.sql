@@ -19,6 +19,7 @@ $$;
 -- replayed is true when the same entry type, reference and amount were booked
 -- before, and then nothing changed.
 CREATE FUNCTION loyalty.move_budget(
+    p_tenant_id uuid,
     p_budget_id uuid,
     p_entry_type text,
     p_amount numeric,
@@ -29,7 +30,7 @@ CREATE FUNCTION loyalty.move_budget(
     AS $$
 #variable_conflict use_column
 DECLARE
-    t uuid := public.current_tenant_id();
+    t uuid := loyalty.tenant_argument(p_tenant_id);
     b public.budgets%ROWTYPE;
     booked numeric;
     booked_on uuid;
@@ -111,7 +112,8 @@ CREATE FUNCTION loyalty.reserve_budget(
     LANGUAGE sql
     AS $$
     SELECT p_tenant_id = public.current_tenant_id()
-       AND EXISTS (SELECT 1 FROM public.budgets WHERE id = p_budget_id AND currency = p_currency)
+       AND EXISTS (SELECT 1 FROM public.budgets
+                    WHERE tenant_id = p_tenant_id AND id = p_budget_id AND currency = p_currency)
        AND (SELECT refusal IS NULL
-              FROM loyalty.move_budget(p_budget_id, 'reserve', p_amount, 'reserve_budget', p_ref_id))
+              FROM loyalty.move_budget(p_tenant_id, p_budget_id, 'reserve', p_amount, 'reserve_budget', p_ref_id))
 $$;

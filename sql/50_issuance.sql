@@ -7,7 +7,7 @@
 -- An issuance as JSON (money as a string, so no precision is lost), with its
 -- voucher code and whether this call replayed an earlier one. plpgsql, so
 -- the query is planned once per session rather than on every call.
-CREATE FUNCTION loyalty.issuance_json(p_id uuid, p_replayed boolean) RETURNS jsonb
+CREATE FUNCTION loyalty.issuance_json(p_tenant_id uuid, p_id uuid, p_replayed boolean) RETURNS jsonb
     LANGUAGE plpgsql STABLE
     AS $$
 BEGIN
@@ -17,19 +17,19 @@ BEGIN
                        'replayed', p_replayed)
               FROM public.issuances i
               LEFT JOIN public.voucher_codes v ON v.tenant_id = i.tenant_id AND v.id = i.voucher_code_id
-             WHERE i.tenant_id = public.current_tenant_id() AND i.id = p_id);
+             WHERE i.tenant_id = p_tenant_id AND i.id = p_id);
 END
 $$;
 
 -- Everything an issuance needs to know about its rule, checked.
-CREATE FUNCTION loyalty.issuance_context(p_rule_id uuid)
+CREATE FUNCTION loyalty.issuance_context(p_tenant_id uuid, p_rule_id uuid)
 RETURNS TABLE (campaign_id uuid, reward_id uuid, budget_id uuid, cost_amount numeric,
                currency text, uses_codes boolean, per_customer_limit integer,
                global_limit integer)
     LANGUAGE plpgsql STABLE
     AS $$
 DECLARE
-    t uuid := public.current_tenant_id();
+    t uuid := p_tenant_id;
     r record;
 BEGIN
     SELECT ru.campaign_id, ru.reward_id, ru.active AS rule_active, ru.per_customer_limit,
@@ -89,7 +89,7 @@ CREATE FUNCTION loyalty.idempotency_lock(p_tenant_id uuid, p_key text) RETURNS b
 -- The issuance an idempotency key already stands for, if any. A key reused
 -- for another rule or customer is refused, not replayed: that answer would
 -- hand one customer's voucher code to another.
-CREATE FUNCTION loyalty.replayed_issuance(p_key text, p_rule_id uuid, p_customer_id uuid)
+CREATE FUNCTION loyalty.replayed_issuance(p_tenant_id uuid, p_key text, p_rule_id uuid, p_customer_id uuid)
 RETURNS uuid
     LANGUAGE plpgsql STABLE
     AS $$
@@ -97,7 +97,7 @@ DECLARE
     i record;
 BEGIN
     SELECT id, rule_id, customer_id INTO i FROM public.issuances
-     WHERE tenant_id = public.current_tenant_id() AND idempotency_key = p_key;
+     WHERE tenant_id = p_tenant_id AND idempotency_key = p_key;
     IF FOUND AND (i.rule_id <> p_rule_id OR i.customer_id <> p_customer_id) THEN
         PERFORM loyalty.refuse('idempotency_conflict',
             format('idempotency key %s was used for another rule or customer', p_key));
@@ -114,6 +114,7 @@ $$;
 -- trip. An exhausted budget or a used-up global limit is still refused here,
 -- without a lock, before any work.
 CREATE FUNCTION loyalty.issue_reward(
+    p_tenant_id uuid,
     p_id uuid,
     p_rule_id uuid,
     p_customer_id uuid,
@@ -124,7 +125,7 @@ CREATE FUNCTION loyalty.issue_reward(
     AS $$
 #variable_conflict use_column
 DECLARE
-    t uuid := public.current_tenant_id();
+    t uuid := loyalty.tenant_argument(p_tenant_id);
     r record;
     prior uuid;
     code_id uuid;
@@ -133,18 +134,18 @@ DECLARE
     refusal_message text;
     refusal_data jsonb := '{}';
 BEGIN
-    prior := loyalty.replayed_issuance(p_idempotency_key, p_rule_id, p_customer_id);
+    prior := loyalty.replayed_issuance(t, p_idempotency_key, p_rule_id, p_customer_id);
     IF prior IS NOT NULL THEN
-        RETURN loyalty.issuance_json(prior, true);
+        RETURN loyalty.issuance_json(t, prior, true);
     END IF;
     PERFORM pg_advisory_xact_lock(loyalty.idempotency_lock(t, p_idempotency_key));
     -- A concurrent delivery of this key may have committed while we waited.
-    prior := loyalty.replayed_issuance(p_idempotency_key, p_rule_id, p_customer_id);
+    prior := loyalty.replayed_issuance(t, p_idempotency_key, p_rule_id, p_customer_id);
     IF prior IS NOT NULL THEN
-        RETURN loyalty.issuance_json(prior, true);
+        RETURN loyalty.issuance_json(t, prior, true);
     END IF;
     PERFORM pg_advisory_xact_lock_shared(loyalty.rule_lock(p_rule_id));
-    SELECT * INTO r FROM loyalty.issuance_context(p_rule_id);
+    SELECT * INTO r FROM loyalty.issuance_context(t, p_rule_id);
     customer_status := (SELECT status FROM public.customers WHERE tenant_id = t AND id = p_customer_id);
     IF customer_status IS NULL THEN
         PERFORM loyalty.refuse('customer_not_found', format('customer %s not found', p_customer_id));
@@ -168,18 +169,18 @@ BEGIN
     IF refusal IS NOT NULL THEN
         -- The first delivery of this key may have committed, and taken the
         -- last of the budget or the limit, while we waited for the rule lock.
-        prior := loyalty.replayed_issuance(p_idempotency_key, p_rule_id, p_customer_id);
+        prior := loyalty.replayed_issuance(t, p_idempotency_key, p_rule_id, p_customer_id);
         IF prior IS NOT NULL THEN
-            RETURN loyalty.issuance_json(prior, true);
+            RETURN loyalty.issuance_json(t, prior, true);
         END IF;
         PERFORM loyalty.refuse(refusal, refusal_message, refusal_data);
     END IF;
     IF r.per_customer_limit IS NOT NULL THEN
         PERFORM pg_advisory_xact_lock(loyalty.customer_limit_lock(p_rule_id, p_customer_id));
         -- A concurrent delivery of this key may have committed while we waited.
-        prior := loyalty.replayed_issuance(p_idempotency_key, p_rule_id, p_customer_id);
+        prior := loyalty.replayed_issuance(t, p_idempotency_key, p_rule_id, p_customer_id);
         IF prior IS NOT NULL THEN
-            RETURN loyalty.issuance_json(prior, true);
+            RETURN loyalty.issuance_json(t, prior, true);
         END IF;
         IF (SELECT count(*) FROM public.issuances
              WHERE tenant_id = t AND rule_id = p_rule_id AND customer_id = p_customer_id
@@ -212,12 +213,12 @@ BEGIN
             UPDATE public.voucher_codes SET status = 'available', issuance_id = NULL
              WHERE tenant_id = t AND id = code_id;
         END IF;
-        RETURN loyalty.issuance_json(
-            loyalty.replayed_issuance(p_idempotency_key, p_rule_id, p_customer_id), true);
+        RETURN loyalty.issuance_json(t,
+            loyalty.replayed_issuance(t, p_idempotency_key, p_rule_id, p_customer_id), true);
     END IF;
     INSERT INTO public.ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
     VALUES (t, r.budget_id, 'reserve', r.cost_amount, r.currency, 'issuance', p_id);
-    RETURN loyalty.issuance_json(p_id, false);
+    RETURN loyalty.issuance_json(t, p_id, false);
 END
 $$;
 
@@ -235,6 +236,7 @@ $$;
 -- other by position in arrays, never by joining two derived tables, so every
 -- plan the planner can pick is linear in the batch.
 CREATE FUNCTION loyalty.issue_reward_batch(
+    p_tenant_id uuid,
     p_rule_id uuid,
     p_customer_ids uuid[],
     p_idempotency_keys text[],
@@ -245,7 +247,7 @@ CREATE FUNCTION loyalty.issue_reward_batch(
     AS $$
 #variable_conflict use_column
 DECLARE
-    t uuid := public.current_tenant_id();
+    t uuid := loyalty.tenant_argument(p_tenant_id);
     batch uuid := gen_random_uuid();
     r record;
     verdicts text[];
@@ -264,7 +266,7 @@ BEGIN
             jsonb_build_object('argument', 'recipients', 'reason', 'arrays differ in length'));
     END IF;
     PERFORM pg_advisory_xact_lock(loyalty.rule_lock(p_rule_id));
-    SELECT * INTO r FROM loyalty.issuance_context(p_rule_id);
+    SELECT * INTO r FROM loyalty.issuance_context(t, p_rule_id);
 
     -- LIMIT keeps each lateral lookup a probe: without it the planner may
     -- flatten the lookup into a hash join over every row of the tenant.
@@ -399,12 +401,12 @@ $$;
 
 -- Redeeming moves the issuance's reservation into spent. Redeeming twice is
 -- a replay, not an error.
-CREATE FUNCTION loyalty.redeem_issuance(p_id uuid) RETURNS jsonb
+CREATE FUNCTION loyalty.redeem_issuance(p_tenant_id uuid, p_id uuid) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     AS $$
 #variable_conflict use_column
 DECLARE
-    t uuid := public.current_tenant_id();
+    t uuid := loyalty.tenant_argument(p_tenant_id);
     i public.issuances%ROWTYPE;
 BEGIN
     PERFORM loyalty.settle_pending_reservations();
@@ -412,7 +414,7 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM loyalty.refuse('issuance_not_found', format('issuance %s not found', p_id));
     ELSIF i.status = 'redeemed' THEN
-        RETURN loyalty.issuance_json(p_id, true);
+        RETURN loyalty.issuance_json(t, p_id, true);
     ELSIF i.status <> 'issued' THEN
         PERFORM loyalty.refuse('issuance_not_issued', format('issuance %s is %s', p_id, i.status),
             jsonb_build_object('status', i.status));
@@ -425,7 +427,7 @@ BEGIN
      WHERE tenant_id = t AND id = i.budget_id;
     INSERT INTO public.ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
     VALUES (t, i.budget_id, 'commit', i.cost_amount, i.currency, 'issuance', p_id);
-    RETURN loyalty.issuance_json(p_id, false);
+    RETURN loyalty.issuance_json(t, p_id, false);
 END
 $$;
 
@@ -440,12 +442,12 @@ $$;
 -- COMMITTED re-checks a row that changed under it, and keeps the lock when
 -- the row no longer matches), and that issue takes the budget at commit:
 -- codes before budgets on every path means the two wait, never deadlock.
-CREATE FUNCTION loyalty.end_issuances(p_ids uuid[], p_status text) RETURNS integer
+CREATE FUNCTION loyalty.end_issuances(p_tenant_id uuid, p_ids uuid[], p_status text) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     AS $$
 #variable_conflict use_column
 DECLARE
-    t uuid := public.current_tenant_id();
+    t uuid := loyalty.tenant_argument(p_tenant_id);
     ended uuid[];
 BEGIN
     IF p_status IS NULL OR p_status NOT IN ('cancelled', 'expired') THEN
@@ -512,40 +514,41 @@ END
 $$;
 
 -- Cancelling twice is a replay; a redeemed or expired issuance stays as it is.
-CREATE FUNCTION loyalty.cancel_issuance(p_id uuid) RETURNS jsonb
+CREATE FUNCTION loyalty.cancel_issuance(p_tenant_id uuid, p_id uuid) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     AS $$
 #variable_conflict use_column
 DECLARE
-    t uuid := public.current_tenant_id();
+    t uuid := loyalty.tenant_argument(p_tenant_id);
     current_status text;
 BEGIN
     SELECT status INTO current_status FROM public.issuances WHERE tenant_id = t AND id = p_id FOR UPDATE;
     IF NOT FOUND THEN
         PERFORM loyalty.refuse('issuance_not_found', format('issuance %s not found', p_id));
     ELSIF current_status = 'cancelled' THEN
-        RETURN loyalty.issuance_json(p_id, true);
+        RETURN loyalty.issuance_json(t, p_id, true);
     ELSIF current_status <> 'issued' THEN
         PERFORM loyalty.refuse('issuance_not_issued',
             format('issuance %s is %s', p_id, current_status),
             jsonb_build_object('status', current_status));
     END IF;
-    PERFORM loyalty.end_issuances(ARRAY[p_id], 'cancelled');
-    RETURN loyalty.issuance_json(p_id, false);
+    PERFORM loyalty.end_issuances(t, ARRAY[p_id], 'cancelled');
+    RETURN loyalty.issuance_json(t, p_id, false);
 END
 $$;
 
 -- Expires up to p_batch issued rewards whose expiry is at or before p_now,
 -- skipping rows another caller holds; returns how many it expired.
-CREATE FUNCTION loyalty.expire_issuances(p_now timestamptz, p_batch integer) RETURNS integer
+CREATE FUNCTION loyalty.expire_issuances(p_tenant_id uuid, p_now timestamptz, p_batch integer) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     AS $$
 DECLARE
+    t uuid := loyalty.tenant_argument(p_tenant_id);
     due uuid[];
 BEGIN
     SELECT array_agg(id) INTO due FROM (
         SELECT id FROM public.issuances
-         WHERE tenant_id = public.current_tenant_id() AND status = 'issued' AND expires_at <= p_now
+         WHERE tenant_id = t AND status = 'issued' AND expires_at <= p_now
          ORDER BY expires_at
          LIMIT p_batch
            FOR UPDATE SKIP LOCKED
@@ -553,6 +556,6 @@ BEGIN
     IF due IS NULL THEN
         RETURN 0;
     END IF;
-    RETURN loyalty.end_issuances(due, 'expired');
+    RETURN loyalty.end_issuances(t, due, 'expired');
 END
 $$;

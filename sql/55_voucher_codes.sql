@@ -4,14 +4,16 @@
 -- guard's own SQL cannot put a code back in the pool or take one away from
 -- an issuance. Returns whether the code moved; the caller reads the row to
 -- tell why not.
-CREATE FUNCTION loyalty.advance_code(p_id uuid, p_to text) RETURNS boolean
+CREATE FUNCTION loyalty.advance_code(p_tenant_id uuid, p_id uuid, p_to text) RETURNS boolean
     LANGUAGE plpgsql SECURITY DEFINER
     AS $$
+DECLARE
+    t uuid := loyalty.tenant_argument(p_tenant_id);
 BEGIN
     UPDATE public.voucher_codes
        SET status = p_to,
            issued_at = CASE WHEN p_to = 'issued' THEN now() ELSE issued_at END
-     WHERE tenant_id = public.current_tenant_id() AND id = p_id
+     WHERE tenant_id = t AND id = p_id
        AND status = CASE WHEN p_to = 'issued' THEN 'reserved'
                          WHEN p_to = 'invalid' THEN 'available' END;
     RETURN FOUND;

@@ -229,8 +229,9 @@ impl Budgets<'_> {
         }
         let row: MoveRow = diesel::sql_query(
             "SELECT refusal::text, replayed, hard_cap, reserved, spent \
-               FROM loyalty.move_budget($1, $2, $3, $4, $5)",
+               FROM loyalty.move_budget($1, $2, $3, $4, $5, $6)",
         )
+        .bind::<SqlUuid, _>(self.0.tenant_id())
         .bind::<SqlUuid, _>(id)
         .bind::<Text, _>(entry_type)
         .bind::<Numeric, _>(amount)

@@ -226,25 +226,25 @@ impl TenantConn {
 
 diesel::define_sql_function! {
     #[sql_name = "loyalty.issue_reward"]
-    fn issue_reward(id: SqlUuid, rule_id: SqlUuid, customer_id: SqlUuid, key: Text,
+    fn issue_reward(tenant_id: SqlUuid, id: SqlUuid, rule_id: SqlUuid, customer_id: SqlUuid, key: Text,
                     expires_at: Nullable<Timestamptz>) -> Jsonb;
 }
 diesel::define_sql_function! {
     #[sql_name = "loyalty.issue_reward_batch"]
-    fn issue_reward_batch(rule_id: SqlUuid, customer_ids: Array<SqlUuid>, keys: Array<Text>,
+    fn issue_reward_batch(tenant_id: SqlUuid, rule_id: SqlUuid, customer_ids: Array<SqlUuid>, keys: Array<Text>,
                           ids: Array<SqlUuid>, expires_at: Nullable<Timestamptz>) -> Jsonb;
 }
 diesel::define_sql_function! {
     #[sql_name = "loyalty.redeem_issuance"]
-    fn redeem_issuance(id: SqlUuid) -> Jsonb;
+    fn redeem_issuance(tenant_id: SqlUuid, id: SqlUuid) -> Jsonb;
 }
 diesel::define_sql_function! {
     #[sql_name = "loyalty.cancel_issuance"]
-    fn cancel_issuance(id: SqlUuid) -> Jsonb;
+    fn cancel_issuance(tenant_id: SqlUuid, id: SqlUuid) -> Jsonb;
 }
 diesel::define_sql_function! {
     #[sql_name = "loyalty.expire_issuances"]
-    fn expire_issuances(now: Timestamptz, batch: Integer) -> Integer;
+    fn expire_issuances(tenant_id: SqlUuid, now: Timestamptz, batch: Integer) -> Integer;
 }
 
 /// A `jsonb` answer parsed straight into `T`, without an intermediate
@@ -329,6 +329,7 @@ impl IssuanceRepository for Issuances<'_> {
         validate_key(&new.idempotency_key)?;
         validate_expiry(new.expires_at)?;
         let answer: JsonAnswer<Issued> = diesel::select(issue_reward(
+            self.0.tenant_id(),
             IssuanceId::new(),
             new.rule_id,
             new.customer_id,
@@ -362,6 +363,7 @@ impl IssuanceRepository for Issuances<'_> {
             batch.recipients.into_iter().unzip();
         let ids: Vec<IssuanceId> = customers.iter().map(|_| IssuanceId::new()).collect();
         let JsonAnswer(raw): JsonAnswer<RawBatch> = diesel::select(issue_reward_batch(
+            self.0.tenant_id(),
             batch.rule_id,
             customers,
             keys,
@@ -383,14 +385,14 @@ impl IssuanceRepository for Issuances<'_> {
     }
 
     async fn redeem(&mut self, id: IssuanceId) -> Result<Issued> {
-        let JsonAnswer(redeemed) = diesel::select(redeem_issuance(id))
+        let JsonAnswer(redeemed) = diesel::select(redeem_issuance(self.0.tenant_id(), id))
             .get_result(self.0.db())
             .await?;
         Ok(redeemed)
     }
 
     async fn cancel(&mut self, id: IssuanceId) -> Result<Issued> {
-        let JsonAnswer(cancelled) = diesel::select(cancel_issuance(id))
+        let JsonAnswer(cancelled) = diesel::select(cancel_issuance(self.0.tenant_id(), id))
             .get_result(self.0.db())
             .await?;
         Ok(cancelled)
@@ -398,7 +400,7 @@ impl IssuanceRepository for Issuances<'_> {
 
     async fn expire_due(&mut self, now: DateTime<Utc>, batch: u32) -> Result<u32> {
         let batch = validate::page_limit(batch)?;
-        let expired: i32 = diesel::select(expire_issuances(now, batch as i32))
+        let expired: i32 = diesel::select(expire_issuances(self.0.tenant_id(), now, batch as i32))
             .get_result(self.0.db())
             .await?;
         Ok(expired.unsigned_abs())

@@ -108,7 +108,7 @@ struct Duplicate {
 
 diesel::define_sql_function! {
     #[sql_name = "loyalty.advance_code"]
-    fn advance_code(id: SqlUuid, to: Text) -> Bool;
+    fn advance_code(tenant_id: SqlUuid, id: SqlUuid, to: Text) -> Bool;
 }
 
 impl VoucherCodes<'_> {
@@ -127,7 +127,7 @@ impl VoucherCodes<'_> {
         let (moved, code) = tokio::join!(
             // Polled, and so sent, in this order.
             biased;
-            diesel::select(advance_code(id, to.as_str())).get_result::<bool>(&mut for_move),
+            diesel::select(advance_code(tenant, id, to.as_str())).get_result::<bool>(&mut for_move),
             voucher_codes::table
                 .filter(voucher_codes::tenant_id.eq(tenant))
                 .filter(voucher_codes::id.eq(id))

@@ -339,8 +339,8 @@ async fn issuance_reservations_cannot_be_settled_through_the_budget_api() {
         "{release:?}"
     );
     let raw = diesel::sql_query(format!(
-        "SELECT * FROM loyalty.move_budget('{}', 'release', 2.50, 'issuance', '{}')",
-        p.budget, issued.issuance.id
+        "SELECT * FROM loyalty.move_budget('{}', '{}', 'release', 2.50, 'issuance', '{}')",
+        p.tenant, p.budget, issued.issuance.id
     ))
     .execute(tx.conn())
     .await
