@@ -57,5 +57,11 @@ $$;
 -- The platform scope's context (see in_platform_scope()): the same one-statement
 -- shape as enter_tenant, for tenant provisioning.
 CREATE FUNCTION loyalty.enter_platform(p_proof text) RETURNS boolean
-    LANGUAGE sql
-    AS $$ SELECT pg_catalog.set_config('app.platform_proof', p_proof, true) IS NOT NULL $$;
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM pg_catalog.set_config('citus.propagate_set_commands', 'local', true);
+    EXECUTE pg_catalog.format('SET LOCAL app.platform_proof = %L', p_proof);
+    RETURN true;
+END
+$$;

@@ -3,14 +3,17 @@
 
 -- Advisory only: a true answer reserves nothing. Use reserve_budget to take
 -- capacity.
-CREATE FUNCTION loyalty.check_budget_capacity(p_budget_id uuid, p_amount numeric) RETURNS boolean
-    LANGUAGE sql STABLE
+CREATE FUNCTION loyalty.check_budget_capacity(p_tenant_id uuid, p_budget_id uuid, p_amount numeric)
+RETURNS boolean
+    LANGUAGE plpgsql STABLE
     AS $$
-    SELECT coalesce(
+BEGIN
+    RETURN coalesce(
         (SELECT reserved + spent + p_amount <= hard_cap
            FROM public.budgets
-          WHERE tenant_id = public.current_tenant_id() AND id = p_budget_id),
-        false)
+          WHERE tenant_id = p_tenant_id AND id = p_budget_id),
+        false);
+END
 $$;
 
 -- One budget movement with its ledger entry. The row lock comes first, so
@@ -101,7 +104,8 @@ $$;
 -- A reservation under ref_type 'reserve_budget', for SQL callers: true when
 -- the amount is reserved (now or by an earlier call with the same ref),
 -- false when the budget cannot cover it. One conditional movement, so
--- concurrent callers cannot overspend.
+-- concurrent callers cannot overspend. A money function like the others
+-- (SECURITY DEFINER, the tenant first), so on Citus it is delegated whole.
 CREATE FUNCTION loyalty.reserve_budget(
     p_tenant_id uuid,
     p_budget_id uuid,
@@ -109,11 +113,18 @@ CREATE FUNCTION loyalty.reserve_budget(
     p_currency text,
     p_ref_id uuid
 ) RETURNS boolean
-    LANGUAGE sql
+    LANGUAGE plpgsql SECURITY DEFINER
     AS $$
-    SELECT p_tenant_id = public.current_tenant_id()
-       AND EXISTS (SELECT 1 FROM public.budgets
-                    WHERE tenant_id = p_tenant_id AND id = p_budget_id AND currency = p_currency)
-       AND (SELECT refusal IS NULL
-              FROM loyalty.move_budget(p_tenant_id, p_budget_id, 'reserve', p_amount, 'reserve_budget', p_ref_id))
+DECLARE
+    t uuid := loyalty.tenant_argument(p_tenant_id);
+    moved record;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM public.budgets
+                    WHERE tenant_id = t AND id = p_budget_id AND currency = p_currency) THEN
+        RETURN false;
+    END IF;
+    SELECT * INTO moved FROM loyalty.move_budget(t, p_budget_id, 'reserve', p_amount,
+                                                 'reserve_budget', p_ref_id);
+    RETURN moved.refusal IS NULL;
+END
 $$;

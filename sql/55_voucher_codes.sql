@@ -10,12 +10,17 @@ CREATE FUNCTION loyalty.advance_code(p_tenant_id uuid, p_id uuid, p_to text) RET
 DECLARE
     t uuid := loyalty.tenant_argument(p_tenant_id);
 BEGIN
-    UPDATE public.voucher_codes
-       SET status = p_to,
-           issued_at = CASE WHEN p_to = 'issued' THEN now() ELSE issued_at END
-     WHERE tenant_id = t AND id = p_id
-       AND status = CASE WHEN p_to = 'issued' THEN 'reserved'
-                         WHEN p_to = 'invalid' THEN 'available' END;
+    -- One UPDATE per move, not a CASE around now(): Citus refuses a
+    -- function that is not immutable inside a CASE of an UPDATE.
+    IF p_to = 'issued' THEN
+        UPDATE public.voucher_codes SET status = 'issued', issued_at = now()
+         WHERE tenant_id = t AND id = p_id AND status = 'reserved';
+    ELSIF p_to = 'invalid' THEN
+        UPDATE public.voucher_codes SET status = 'invalid'
+         WHERE tenant_id = t AND id = p_id AND status = 'available';
+    ELSE
+        RETURN false;
+    END IF;
     RETURN FOUND;
 END
 $$;

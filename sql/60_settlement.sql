@@ -88,3 +88,17 @@ CREATE TRIGGER rules_recount_on_new_limit
     BEFORE UPDATE OF global_limit ON rules
     FOR EACH ROW WHEN (OLD.global_limit IS NULL AND NEW.global_limit IS NOT NULL)
     EXECUTE FUNCTION loyalty.recount_rule_issuances();
+
+-- settle_pending_reservations() for a guard's tenant, as a money function
+-- (SECURITY DEFINER, the tenant first), so that on Citus it is delegated to
+-- the worker where the deferred triggers wait: there a SET CONSTRAINTS sent
+-- to the coordinator never reaches them. A guard on Citus runs it just
+-- before COMMIT, which turns a refusal at commit into a typed one.
+CREATE FUNCTION loyalty.settle_now(p_tenant_id uuid) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    AS $$
+BEGIN
+    PERFORM loyalty.tenant_argument(p_tenant_id);
+    PERFORM loyalty.settle_pending_reservations();
+END
+$$;

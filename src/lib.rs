@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod checkout;
+mod citus;
 mod config;
 mod connect;
 pub mod demo;
@@ -20,6 +21,7 @@ pub mod repo;
 mod retry;
 pub mod schema;
 mod session;
+mod statements;
 mod status;
 mod store;
 mod tenant;

@@ -55,7 +55,7 @@ const HARDEN_DATABASE: &str = "DO $$ BEGIN \
      END $$; \
      REVOKE CREATE ON SCHEMA public FROM PUBLIC";
 
-type SyncConnection = AsyncConnectionWrapper<AsyncPgConnection>;
+pub(crate) type SyncConnection = AsyncConnectionWrapper<AsyncPgConnection>;
 
 impl Store {
     /// Applies pending migrations, then rebuilds the SQL layer if its text
@@ -78,7 +78,7 @@ impl Store {
             .migrator_url
             .clone()
             .unwrap_or_else(|| config.database_url.clone());
-        tokio::task::spawn_blocking(move || run_locked(&url))
+        tokio::task::spawn_blocking(move || run_locked(&url, migrate_and_layer))
             .await
             .map_err(|e| Error::Migration(format!("migration task failed: {e}")))?
     }
@@ -89,7 +89,10 @@ impl Store {
 /// session-level lock would outlive the transaction on a server connection
 /// that PgBouncer (in transaction mode) hands to other clients. Each
 /// migration and the layer rebuild are savepoints within it.
-fn run_locked(url: &str) -> Result<Vec<String>> {
+pub(crate) fn run_locked<T>(
+    url: &str,
+    work: impl FnOnce(&mut SyncConnection) -> Result<T>,
+) -> Result<T> {
     // The wrapper drives the async connection from this blocking thread, which
     // works on both the multi-threaded and the current-thread runtime.
     let conn = tokio::runtime::Handle::current().block_on(establish(url))?;
@@ -98,7 +101,7 @@ fn run_locked(url: &str) -> Result<Vec<String>> {
         conn.batch_execute(&format!(
             "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
         ))?;
-        migrate_and_layer(conn)
+        work(conn)
     })
 }
 
@@ -150,7 +153,10 @@ fn migrate_and_layer(conn: &mut SyncConnection) -> Result<Vec<String>> {
         LayerState::Newer(marker) if applied.is_empty() => {
             tracing::warn!(%marker, "the SQL layer was built by a newer loyalty-store; kept");
         }
-        _ => apply_layer(conn)?,
+        _ => {
+            apply_layer(conn)?;
+            crate::citus::delegate_functions(conn)?;
+        }
     }
     Ok(applied)
 }
@@ -239,9 +245,15 @@ fn is_lock_timeout(err: &Error) -> bool {
 /// transaction: other sessions see the old layer or the new one, never a mix.
 /// Anything outside the layer that depended on it, and would not depend on
 /// the new one, makes the rebuild fail rather than vanish with the old one.
+/// On Citus the layer's triggers go onto distributed tables, which Citus
+/// allows only with `enable_unsafe_triggers` (every trigger of the layer acts
+/// on its own tenant's rows, so on one shard); on plain PostgreSQL the two
+/// `citus.` settings are inert placeholders.
 fn rebuild_layer(conn: &mut SyncConnection) -> Result<()> {
     let fresh_schema = format!(
         "SET LOCAL lock_timeout = '{LAYER_LOCK_TIMEOUT}';\n\
+         SET LOCAL citus.enable_unsafe_triggers = on;\n\
+         SET LOCAL citus.multi_shard_modify_mode = 'sequential';\n\
          DROP SCHEMA IF EXISTS {SQL_LAYER_SCHEMA} CASCADE;\n\
          CREATE SCHEMA {SQL_LAYER_SCHEMA};\n\
          GRANT USAGE ON SCHEMA {SQL_LAYER_SCHEMA} TO loyalty_app;"
@@ -255,14 +267,16 @@ fn rebuild_layer(conn: &mut SyncConnection) -> Result<()> {
         let before = dependents(conn)?;
         conn.batch_execute(&fresh_schema)?;
         for (name, text) in SQL_LAYER {
-            conn.batch_execute(text).map_err(|e| {
-                let e = Error::from(e);
-                if is_lock_timeout(&e) {
-                    e
-                } else {
-                    Error::Migration(format!("applying sql/{name}: {e}"))
-                }
-            })?;
+            for statement in crate::statements::split(text) {
+                conn.batch_execute(statement).map_err(|e| {
+                    let e = Error::from(e);
+                    if is_lock_timeout(&e) {
+                        e
+                    } else {
+                        Error::Migration(format!("applying sql/{name}: {e}"))
+                    }
+                })?;
+            }
         }
         let lost: Vec<String> = before.difference(&dependents(conn)?).cloned().collect();
         if !lost.is_empty() {

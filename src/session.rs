@@ -4,12 +4,14 @@
 //! is transaction-local, so nothing stays on the server connection (which
 //! PgBouncer in transaction mode hands to other clients).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use diesel::connection::{Instrumentation, InstrumentationEvent};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 
 use crate::config::Config;
+use crate::ids::TenantId;
 
 #[derive(Debug)]
 pub(crate) struct SessionSql {
@@ -25,6 +27,11 @@ pub(crate) struct SessionSql {
     /// statement is prepared afresh under a new name, so none can be
     /// replaced.
     statements_cached: bool,
+    /// Whether the database has Citus, found when the store connects. There
+    /// a refusal raised inside `COMMIT` on a worker reaches the client as a
+    /// bare `XX000` (docs/citus.md), so the commit-time checks run just
+    /// before `COMMIT` instead, on the tenant's worker.
+    on_citus: AtomicBool,
 }
 
 const RESET: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DISCARD TEMP; UNLISTEN *; \
@@ -48,6 +55,37 @@ impl SessionSql {
             opening,
             reset: RESET,
             statements_cached: config.prepared_statements,
+            on_citus: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn set_on_citus(&self, on_citus: bool) {
+        self.on_citus.store(on_citus, Ordering::Relaxed);
+    }
+
+    pub(crate) fn on_citus(&self) -> bool {
+        self.on_citus.load(Ordering::Relaxed)
+    }
+
+    /// What a guard of `tenant` sends just before `COMMIT`, in the same
+    /// round trip: the statements check after SQL of the caller's (`raw`),
+    /// and on Citus the commit-time checks (`loyalty.settle_now`, delegated
+    /// to the tenant's worker, so a refusal keeps its type). A failure of
+    /// either keeps the transaction from committing.
+    pub(crate) fn commit_probe(
+        &self,
+        tenant: TenantId,
+        raw: bool,
+        conn: &mut AsyncPgConnection,
+    ) -> String {
+        let settle = self
+            .on_citus()
+            .then(|| format!("SELECT loyalty.settle_now('{tenant}')"));
+        let check = raw.then(|| self.statements_check(conn)).flatten();
+        match (settle, check) {
+            (Some(settle), Some(check)) => format!("{settle}; {check}"),
+            (Some(one), None) | (None, Some(one)) => one,
+            (None, None) => "SELECT 1".to_owned(),
         }
     }
 

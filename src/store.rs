@@ -120,9 +120,12 @@ impl Store {
             config,
             session,
         };
+        let mut conn = store.checkout().await?;
         if !store.config.allow_privileged_login {
-            ensure_unprivileged(&mut *store.checkout().await?).await?;
+            ensure_unprivileged(&mut conn).await?;
         }
+        store.session.set_on_citus(has_citus(&mut conn).await?);
+        drop(conn);
         Ok(store)
     }
 
@@ -206,4 +209,20 @@ impl Store {
     pub async fn raw_connection(&self) -> Result<Pooled> {
         self.checkout().await
     }
+}
+
+#[derive(diesel::QueryableByName)]
+struct Extension {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    installed: bool,
+}
+
+/// Whether the database has the citus extension (docs/citus.md).
+async fn has_citus(conn: &mut AsyncPgConnection) -> Result<bool> {
+    let found: Extension = diesel::sql_query(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus') AS installed",
+    )
+    .get_result(conn)
+    .await?;
+    Ok(found.installed)
 }

@@ -214,6 +214,11 @@ impl TenantConn {
 
     /// The session reset to send after the guard's transaction ends, if the
     /// caller's own SQL may have run (the crate's own leaves nothing).
+    /// Whether the database has Citus (see [`SessionSql::commit_probe`]).
+    pub(crate) fn on_citus(&self) -> bool {
+        self.session.on_citus()
+    }
+
     fn cleanup(&self) -> Option<Arc<SessionSql>> {
         self.raw.then(|| self.session.clone())
     }
@@ -251,10 +256,7 @@ impl TenantConn {
         // After SQL of the caller's, the probe also checks the prepared
         // statements, inside the transaction, as loyalty_app.
         let cleanup = self.cleanup();
-        let probe = cleanup
-            .as_ref()
-            .and_then(|session| session.statements_check(&mut conn))
-            .unwrap_or_else(|| "SELECT 1".to_owned());
+        let probe = self.session.commit_probe(self.tenant, self.raw, &mut conn);
         // A probe, COMMIT and the session reset, pipelined in one round
         // trip: in a failed transaction the probe errors, and COMMIT then
         // only rolls back.
@@ -293,9 +295,15 @@ impl TenantConn {
                 *status = TransactionManagerStatus::Valid(Default::default());
                 Err(err.into())
             }
-            (Err(_), Ok(())) => {
+            (Err(err), Ok(())) => {
                 *status = TransactionManagerStatus::Valid(Default::default());
-                Err(Error::TransactionAborted)
+                // A refusal of the commit-time checks run before COMMIT
+                // (on Citus) keeps its type; anything else means the
+                // transaction had already failed.
+                match Error::from(err) {
+                    refused @ Error::Refused(_) => Err(refused),
+                    _ => Err(Error::TransactionAborted),
+                }
             }
             (Ok(()), Ok(())) => {
                 *status = TransactionManagerStatus::Valid(Default::default());

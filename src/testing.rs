@@ -15,6 +15,12 @@
 //! [`TestDb::admin_connection`], a superuser.
 //!
 //! The server is `DATABASE_URL` when set (its user needs `CREATEDB`).
+//! `LOYALTY_TEST_CITUS`, the URL of a Citus coordinator's database as a
+//! superuser, selects Citus mode: every test shares that one database,
+//! migrated and distributed ([`Store::distribute`]) once, and keeps apart by
+//! making tenants of its own. Its nodes must already have the three roles,
+//! with `loyalty_app` allowed to log in and the database owned by the
+//! migrator (`scripts/test-citus.sh` prepares such a cluster).
 //! Otherwise a throwaway PostgreSQL is started from the machine's binaries
 //! (`initdb` and `postgres` on `PATH`, under `pg_config --bindir`, or under
 //! `/usr/lib/postgresql/*/bin`), as the `postgres` or `nobody` user when the
@@ -47,9 +53,11 @@ mod campaign;
 pub use campaign::{CampaignBuilder, CampaignFixture};
 
 /// A migrated database of its own for one test; dropped with this value.
+/// In Citus mode, the one distributed database every test shares.
 pub struct TestDb {
     store: Store,
     name: String,
+    shared: bool,
 }
 
 /// The migrator: owns every test database and what the migrations create.
@@ -72,6 +80,9 @@ const TEMPLATE_LOCK_KEY: i64 = 0x6c6f_7961_6c74_7932;
 impl TestDb {
     /// Creates a migrated database, or panics with what to install or set.
     pub async fn new() -> TestDb {
+        if server().citus {
+            return Self::distributed().await;
+        }
         ensure_roles_and_template(&server().admin_url).await;
         let db = Self::create(&format!("TEMPLATE {TEMPLATE}")).await;
         // What a service runs at start-up: it finds nothing to migrate, and
@@ -84,8 +95,43 @@ impl TestDb {
 
     /// Creates a database with no migrations applied, for testing migrations.
     pub async fn empty() -> TestDb {
+        assert!(
+            !server().citus,
+            "TestDb::empty() needs a server that can create databases; Citus mode shares one"
+        );
         ensure_roles_and_template(&server().admin_url).await;
         Self::create("").await
+    }
+
+    /// Citus mode: the coordinator's database, migrated and distributed
+    /// once per test process (the migration lock serialises processes).
+    /// Tests keep apart by making tenants of their own.
+    async fn distributed() -> TestDb {
+        static READY: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+        let server = server();
+        let name = Url::parse(&server.admin_url)
+            .expect("LOYALTY_TEST_CITUS is a URL")
+            .path()
+            .trim_start_matches('/')
+            .to_owned();
+        let store = Store::connect(service_config(&server.admin_url, &name))
+            .await
+            .unwrap_or_else(|e| panic!("connecting to the Citus database {name}: {e}"));
+        READY
+            .get_or_init(|| async {
+                if let Err(e) = store.migrate().await {
+                    panic!("migrating the Citus database {name}: {e}");
+                }
+                if let Err(e) = store.distribute().await {
+                    panic!("distributing the Citus database {name}: {e}");
+                }
+            })
+            .await;
+        TestDb {
+            store,
+            name,
+            shared: true,
+        }
     }
 
     async fn create(options: &str) -> TestDb {
@@ -101,7 +147,11 @@ impl TestDb {
         let store = Store::connect(service_config(&server.admin_url, &name))
             .await
             .unwrap_or_else(|e| panic!("connecting to test database {name}: {e}"));
-        TestDb { store, name }
+        TestDb {
+            store,
+            name,
+            shared: false,
+        }
     }
 
     /// A store on this database as the service login, with the default
@@ -191,6 +241,9 @@ fn login_url(admin_url: &str, database: &str, login: &str) -> String {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        if self.shared {
+            return;
+        }
         let admin_url = server().admin_url.clone();
         let name = std::mem::take(&mut self.name);
         // Drop runs inside the test's runtime, which cannot block on itself.
@@ -215,6 +268,8 @@ impl Drop for TestDb {
 
 struct Server {
     admin_url: String,
+    /// Citus mode: `admin_url` is the coordinator's distributed database.
+    citus: bool,
     // Holding the supervisor's stdin open keeps a throwaway server alive; the
     // OS closes it when the test process exits, and the supervisor then stops
     // the server and deletes its files.
@@ -223,12 +278,23 @@ struct Server {
 
 fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
-    SERVER.get_or_init(|| match std::env::var("DATABASE_URL") {
-        Ok(url) if !url.is_empty() => Server {
-            admin_url: url,
-            _supervisor: None,
-        },
-        _ => start_throwaway_server(),
+    SERVER.get_or_init(|| {
+        let from_env = |name| std::env::var(name).ok().filter(|url| !url.is_empty());
+        if let Some(url) = from_env("LOYALTY_TEST_CITUS") {
+            return Server {
+                admin_url: url,
+                citus: true,
+                _supervisor: None,
+            };
+        }
+        match from_env("DATABASE_URL") {
+            Some(url) => Server {
+                admin_url: url,
+                citus: false,
+                _supervisor: None,
+            },
+            None => start_throwaway_server(),
+        }
     })
 }
 
@@ -406,6 +472,7 @@ fn start_throwaway_server() -> Server {
     }
     Server {
         admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        citus: false,
         _supervisor: Some(child),
     }
 }

@@ -352,7 +352,9 @@ impl BudgetRepository for Budgets<'_> {
     }
 
     async fn verify_ledger(&mut self) -> Result<Vec<LedgerMismatch>> {
-        diesel::sql_query("SELECT loyalty.settle_pending_reservations()")
+        let tenant = self.0.tenant_id();
+        diesel::sql_query("SELECT loyalty.settle_now($1)")
+            .bind::<SqlUuid, _>(tenant)
             .execute(self.0.db())
             .await?;
         Ok(diesel::sql_query(
@@ -368,12 +370,15 @@ impl BudgetRepository for Budgets<'_> {
                             - coalesce(sum(amount) FILTER (WHERE entry_type IN ('release', 'commit')), 0) \
                             AS reserved, \
                           sum(amount) FILTER (WHERE entry_type = 'commit') AS spent \
-                     FROM ledger_entries GROUP BY budget_id) l ON l.budget_id = b.id \
-              WHERE b.hard_cap <> coalesce(l.topped_up, 0) \
-                 OR b.reserved <> coalesce(l.reserved, 0) \
-                 OR b.spent <> coalesce(l.spent, 0) \
+                     FROM ledger_entries WHERE tenant_id = $1 GROUP BY budget_id) l \
+                 ON l.budget_id = b.id \
+              WHERE b.tenant_id = $1 \
+                AND (b.hard_cap <> coalesce(l.topped_up, 0) \
+                     OR b.reserved <> coalesce(l.reserved, 0) \
+                     OR b.spent <> coalesce(l.spent, 0)) \
               ORDER BY b.id",
         )
+        .bind::<SqlUuid, _>(tenant)
         .load(self.0.db())
         .await?)
     }

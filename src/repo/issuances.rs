@@ -273,6 +273,18 @@ fn validate_key(key: &str) -> Result<()> {
     validate::text("idempotency_key", key, 1, 200)
 }
 
+/// An expiry checked as in the future by the client can still be at or
+/// before the issue time, which is the start of the server's transaction: on
+/// Citus the worker's, which begins when the call reaches it.
+fn expiry_before_issue(err: diesel::result::Error) -> Error {
+    match Error::from(err) {
+        Error::CheckViolation { constraint } if constraint == "issuances_expiry_order" => {
+            Error::invalid("expires_at", "must be after the issue time")
+        }
+        other => other,
+    }
+}
+
 fn validate_expiry(expires_at: Option<DateTime<Utc>>) -> Result<()> {
     match expires_at {
         Some(at) if at <= Utc::now() => Err(Error::invalid("expires_at", "must be in the future")),
@@ -337,7 +349,8 @@ impl IssuanceRepository for Issuances<'_> {
             new.expires_at,
         ))
         .get_result(self.0.db())
-        .await?;
+        .await
+        .map_err(expiry_before_issue)?;
         Ok(answer.0)
     }
 

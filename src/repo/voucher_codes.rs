@@ -134,8 +134,10 @@ impl VoucherCodes<'_> {
                 .select(VoucherCode::as_select())
                 .get_result(&mut for_read),
         );
+        // The move was sent first: its failure is the cause of the read's.
+        let moved = moved?;
         let code = code?;
-        match moved? {
+        match moved {
             true => Ok(code),
             false => Err(Error::VoucherCodeStatus {
                 status: code.status,
@@ -174,9 +176,11 @@ impl VoucherCodeRepository for VoucherCodes<'_> {
             .bind::<Array<Text>, _>(chunk)
             .execute(self.0.db())
             .await?;
-            report.inserted += inserted as u64;
-            if inserted < chunk.len() {
-                // Rare: only a chunk with duplicates pays for finding them.
+            // On Citus the count is of the rows the coordinator sent to the
+            // shard, duplicates included, so it is not taken at its word.
+            if inserted < chunk.len() || self.0.on_citus() {
+                // Rare on plain PostgreSQL: only a chunk with duplicates
+                // pays for finding them.
                 let duplicates: Vec<Duplicate> = diesel::sql_query(
                     "SELECT input.code FROM unnest($2::uuid[], $3::text[]) \
                             WITH ORDINALITY AS input(id, code, n) \
@@ -189,9 +193,12 @@ impl VoucherCodeRepository for VoucherCodes<'_> {
                 .bind::<Array<Text>, _>(chunk)
                 .load(self.0.db())
                 .await?;
+                report.inserted += (chunk.len() - duplicates.len()) as u64;
                 report
                     .duplicates
                     .extend(duplicates.into_iter().map(|d| d.code));
+            } else {
+                report.inserted += inserted as u64;
             }
         }
         Ok(report)

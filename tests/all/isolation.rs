@@ -44,9 +44,8 @@ async fn tenant_with_fixture(db: &TestDb, name: &str) -> TenantId {
     let mut owner = db.admin_connection().await;
     owner
         .batch_execute(&format!(
-            "SELECT set_config('fixture.tenant', '{id}', true), \
-                    set_config('app.tenant_id', '{id}', true), \
-                    set_config('app.tenant_proof', '{proof}', true); {FIXTURE_MONEY}"
+            "BEGIN; SELECT set_config('fixture.tenant', '{id}', true); \
+             SELECT loyalty.enter_tenant('{id}', '{proof}'); {FIXTURE_MONEY}; COMMIT"
         ))
         .await
         .unwrap();
@@ -82,7 +81,7 @@ async fn rows_as_json(store: &Store, tenant: TenantId, table: &str) -> Vec<Strin
 
 fn assert_refused(result: Result<usize>, what: &str) {
     assert!(
-        matches!(result, Err(Error::PermissionDenied { .. })),
+        crate::support::is_denial(&result),
         "{what}: expected a permission error, got {result:?}"
     );
 }
@@ -194,7 +193,7 @@ async fn without_a_tenant_context_nothing_is_visible_and_inserts_are_refused() {
             })
             .await;
         assert!(
-            matches!(outcome, Err(Error::PermissionDenied { .. })),
+            crate::support::is_denial(&outcome),
             "{table}: insert without a tenant gave {outcome:?}"
         );
     }
@@ -226,21 +225,19 @@ async fn loyalty_app_sees_only_its_own_tenant_row() {
 
 /// The seed's `999_test_rls.sql`, with tenants provisioned by the platform
 /// scope, the check itself run as `loyalty_app`, and each tenant context
-/// carrying its proof, as the guard's does.
+/// entered with its proof, as the guard's is.
 const SEED_RLS_TEST: &str = r#"
 DO $$
 DECLARE
   tenant1_id uuid := current_setting('test.tenant1')::uuid;
   tenant2_id uuid := current_setting('test.tenant2')::uuid;
 BEGIN
-  PERFORM set_config('app.tenant_id', tenant1_id::text, true),
-          set_config('app.tenant_proof', current_setting('test.proof1'), true);
+  PERFORM loyalty.enter_tenant(tenant1_id::text, current_setting('test.proof1'));
   INSERT INTO customers (tenant_id, phone_e164) VALUES (tenant1_id, '+26377111111');
   IF (SELECT COUNT(*) FROM customers) != 1 THEN
     RAISE EXCEPTION 'RLS test failed: saw customers from other tenants';
   END IF;
-  PERFORM set_config('app.tenant_id', tenant2_id::text, true),
-          set_config('app.tenant_proof', current_setting('test.proof2'), true);
+  PERFORM loyalty.enter_tenant(tenant2_id::text, current_setting('test.proof2'));
   IF (SELECT COUNT(*) FROM customers) != 0 THEN
     RAISE EXCEPTION 'RLS test failed: tenant2 saw tenant1 customers';
   END IF;
@@ -287,8 +284,7 @@ async fn seed_rls_test_proves_nothing_as_a_superuser() {
     let Err(Error::Database(err)) = outcome else {
         panic!("expected the seed's own exception, got {outcome:?}");
     };
-    assert!(
-        err.to_string().contains("tenant2 saw tenant1 customers"),
-        "{err}"
-    );
+    // Which check trips first depends on what else the database holds (on
+    // Citus every test shares one).
+    assert!(err.to_string().starts_with("RLS test failed"), "{err}");
 }

@@ -234,7 +234,7 @@ async fn reserve_budget_never_overspends_under_concurrency() {
     crate::support::assert_books_balance(&store, tenant).await;
     let mut tx = store.tenant(tenant).await.unwrap();
     let capacity: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
-        "loyalty.check_budget_capacity('{budget}', 0.01)"
+        "loyalty.check_budget_capacity('{tenant}', '{budget}', 0.01)"
     )))
     .get_result(tx.conn())
     .await
