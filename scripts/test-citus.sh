@@ -75,7 +75,7 @@ REVOKE EXECUTE ON FUNCTION lo_create(oid), lo_creat(integer), lo_from_bytea(oid,
 SQL
 
 export LOYALTY_TEST_CITUS=postgres://postgres@127.0.0.1:5601/loyalty
-filters=(${CITUS_TEST_FILTERS:-guard:: isolation:: context:: money::})
+filters=(${CITUS_TEST_FILTERS:-guard:: isolation:: context:: money:: shards::})
 # Not on Citus (docs/citus.md, "Left to do"): batches, whose CTE inserts
 # Citus runs as a COPY that row-level security refuses; and two tests that
 # stage lock queues with advisory locks sent from the coordinator, which

@@ -107,13 +107,18 @@ impl AnalyticsRepository for Analytics<'_> {
     async fn dashboard(&mut self, since: DateTime<Utc>) -> Result<DashboardStats> {
         Ok(diesel::sql_query(
             "SELECT \
-               (SELECT count(*) FROM customers WHERE status = 'active') AS active_customers, \
-               (SELECT count(*) FROM events WHERE occurred_at >= $1) AS events, \
-               (SELECT count(*) FROM issuances WHERE issued_at >= $1) AS rewards_issued, \
+               (SELECT count(*) FROM customers \
+                 WHERE tenant_id = $2 AND status = 'active') AS active_customers, \
+               (SELECT count(*) FROM events \
+                 WHERE tenant_id = $2 AND occurred_at >= $1) AS events, \
                (SELECT count(*) FROM issuances \
-                 WHERE status = 'redeemed' AND redeemed_at >= $1) AS rewards_redeemed",
+                 WHERE tenant_id = $2 AND issued_at >= $1) AS rewards_issued, \
+               (SELECT count(*) FROM issuances \
+                 WHERE tenant_id = $2 AND status = 'redeemed' AND redeemed_at >= $1) \
+                 AS rewards_redeemed",
         )
         .bind::<Timestamptz, _>(since)
+        .bind::<SqlUuid, _>(self.0.tenant_id())
         .get_result(self.0.db())
         .await?)
     }
@@ -122,10 +127,11 @@ impl AnalyticsRepository for Analytics<'_> {
         let counts: Counts = diesel::sql_query(
             "SELECT count(*) AS issued, \
                     count(*) FILTER (WHERE status = 'redeemed') AS redeemed \
-               FROM issuances WHERE issued_at BETWEEN $1 AND $2",
+               FROM issuances WHERE tenant_id = $3 AND issued_at BETWEEN $1 AND $2",
         )
         .bind::<Timestamptz, _>(range.from)
         .bind::<Timestamptz, _>(range.to)
+        .bind::<SqlUuid, _>(self.0.tenant_id())
         .get_result(self.0.db())
         .await?;
         let rate_percent = if counts.issued == 0 {
@@ -150,6 +156,7 @@ impl AnalyticsRepository for Analytics<'_> {
                LEFT JOIN issuances i \
                  ON i.tenant_id = r.tenant_id AND i.reward_id = r.id \
                 AND i.issued_at BETWEEN $1 AND $2 \
+              WHERE r.tenant_id = $4 \
               GROUP BY r.tenant_id, r.id \
               ORDER BY issuance_count DESC, r.name, r.id \
               LIMIT $3",
@@ -157,6 +164,7 @@ impl AnalyticsRepository for Analytics<'_> {
         .bind::<Timestamptz, _>(range.from)
         .bind::<Timestamptz, _>(range.to)
         .bind::<Int8, _>(limit)
+        .bind::<SqlUuid, _>(self.0.tenant_id())
         .load(self.0.db())
         .await?)
     }

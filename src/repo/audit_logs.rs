@@ -139,6 +139,7 @@ impl AuditLogRepository for AuditLogs<'_> {
     ) -> Result<Vec<AuditLog>> {
         let limit = validate::page_limit(page.limit)?;
         let mut query = audit_logs::table
+            .filter(audit_logs::tenant_id.eq(self.0.tenant_id()))
             .filter(audit_logs::created_at.between(range.from, range.to))
             .order((audit_logs::created_at.desc(), audit_logs::id.desc()))
             .limit(limit)

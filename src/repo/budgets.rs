@@ -342,6 +342,7 @@ impl BudgetRepository for Budgets<'_> {
     async fn ledger(&mut self, id: BudgetId, page: Page) -> Result<Vec<LedgerEntry>> {
         let limit = validate::page_limit(page.limit)?;
         Ok(ledger_entries::table
+            .filter(ledger_entries::tenant_id.eq(self.0.tenant_id()))
             .filter(ledger_entries::budget_id.eq(id))
             .order((ledger_entries::created_at, ledger_entries::id))
             .limit(limit)

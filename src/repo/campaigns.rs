@@ -160,6 +160,7 @@ impl CampaignRepository for Campaigns<'_> {
     async fn list(&mut self, page: Page) -> Result<Vec<Campaign>> {
         let limit = validate::page_limit(page.limit)?;
         Ok(campaigns::table
+            .filter(campaigns::tenant_id.eq(self.0.tenant_id()))
             .order((campaigns::created_at.desc(), campaigns::id.desc()))
             .limit(limit)
             .offset(i64::from(page.offset))
@@ -170,6 +171,7 @@ impl CampaignRepository for Campaigns<'_> {
 
     async fn list_active(&mut self, at: DateTime<Utc>) -> Result<Vec<Campaign>> {
         Ok(campaigns::table
+            .filter(campaigns::tenant_id.eq(self.0.tenant_id()))
             .filter(campaigns::status.eq(CampaignStatus::Active))
             .filter(campaigns::start_at.is_null().or(campaigns::start_at.le(at)))
             .filter(campaigns::end_at.is_null().or(campaigns::end_at.ge(at)))

@@ -113,6 +113,7 @@ impl ConsentRepository for Consents<'_> {
 
     async fn history(&mut self, customer_id: CustomerId) -> Result<Vec<Consent>> {
         Ok(consents::table
+            .filter(consents::tenant_id.eq(self.0.tenant_id()))
             .filter(consents::customer_id.eq(customer_id))
             .order((consents::occurred_at.desc(), consents::id.desc()))
             .select(Consent::as_select())
@@ -127,6 +128,7 @@ impl ConsentRepository for Consents<'_> {
         purpose: Purpose,
     ) -> Result<Option<Consent>> {
         Ok(consents::table
+            .filter(consents::tenant_id.eq(self.0.tenant_id()))
             .filter(consents::customer_id.eq(customer_id))
             .filter(consents::channel.eq(channel))
             .filter(consents::purpose.eq(purpose))

@@ -88,6 +88,7 @@ impl Events<'_> {
     ) -> Result<Vec<Event>> {
         let limit = validate::page_limit(page.limit)?;
         let mut query = events::table
+            .filter(events::tenant_id.eq(self.0.tenant_id()))
             .order((events::occurred_at.desc(), events::id.desc()))
             .limit(limit)
             .select(Event::as_select())
@@ -141,6 +142,7 @@ impl EventRepository for Events<'_> {
             });
         }
         let event = events::table
+            .filter(events::tenant_id.eq(self.0.tenant_id()))
             .filter(events::idempotency_key.eq(key))
             .select(Event::as_select())
             .get_result(self.0.db())

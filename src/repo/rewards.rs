@@ -124,6 +124,7 @@ impl RewardRepository for Rewards<'_> {
 
     async fn list_active(&mut self) -> Result<Vec<Reward>> {
         Ok(reward_catalog::table
+            .filter(reward_catalog::tenant_id.eq(self.0.tenant_id()))
             .filter(reward_catalog::status.eq(RewardStatus::Active))
             .order((reward_catalog::name, reward_catalog::id))
             .select(Reward::as_select())

@@ -144,6 +144,7 @@ impl RuleRepository for Rules<'_> {
 
     async fn list_by_campaign(&mut self, campaign_id: CampaignId) -> Result<Vec<Rule>> {
         Ok(rules::table
+            .filter(rules::tenant_id.eq(self.0.tenant_id()))
             .filter(rules::campaign_id.eq(campaign_id))
             .order((rules::created_at, rules::id))
             .select(Rule::as_select())
@@ -153,11 +154,13 @@ impl RuleRepository for Rules<'_> {
 
     async fn match_event(&mut self, event_type: &str, at: DateTime<Utc>) -> Result<Vec<Rule>> {
         let running = campaigns::table
+            .filter(campaigns::tenant_id.eq(self.0.tenant_id()))
             .filter(campaigns::status.eq(CampaignStatus::Active))
             .filter(campaigns::start_at.is_null().or(campaigns::start_at.le(at)))
             .filter(campaigns::end_at.is_null().or(campaigns::end_at.ge(at)))
             .select(campaigns::id);
         Ok(rules::table
+            .filter(rules::tenant_id.eq(self.0.tenant_id()))
             .filter(rules::event_type.eq(event_type))
             .filter(rules::active.eq(true))
             .filter(rules::campaign_id.eq_any(running))
@@ -188,6 +191,7 @@ impl RuleRepository for Rules<'_> {
 
     async fn issuance_count(&mut self, id: RuleId, since: DateTime<Utc>) -> Result<i64> {
         Ok(issuances::table
+            .filter(issuances::tenant_id.eq(self.0.tenant_id()))
             .filter(issuances::rule_id.eq(id))
             .filter(issuances::issued_at.ge(since))
             .filter(issuances::status.ne("cancelled"))
@@ -206,6 +210,7 @@ impl RuleRepository for Rules<'_> {
         // only if the query states that predicate with the same constant.
         let not_cancelled = diesel::dsl::sql::<diesel::sql_types::Bool>("status <> 'cancelled'");
         Ok(issuances::table
+            .filter(issuances::tenant_id.eq(self.0.tenant_id()))
             .filter(issuances::rule_id.eq(id))
             .filter(issuances::customer_id.eq(customer_id))
             .filter(not_cancelled)

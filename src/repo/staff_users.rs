@@ -152,6 +152,7 @@ impl StaffUserRepository for StaffUsers<'_> {
     async fn find_by_email(&mut self, email: &str) -> Result<Option<StaffUser>> {
         validate::email(email)?;
         Ok(staff_users::table
+            .filter(staff_users::tenant_id.eq(self.0.tenant_id()))
             .filter(lower(staff_users::email).eq(lower(email)))
             .select(StaffUser::as_select())
             .get_result(self.0.db())
@@ -162,6 +163,7 @@ impl StaffUserRepository for StaffUsers<'_> {
     async fn list(&mut self, page: Page) -> Result<Vec<StaffUser>> {
         let limit = validate::page_limit(page.limit)?;
         Ok(staff_users::table
+            .filter(staff_users::tenant_id.eq(self.0.tenant_id()))
             .order((staff_users::created_at.desc(), staff_users::id.desc()))
             .limit(limit)
             .offset(i64::from(page.offset))

@@ -91,7 +91,9 @@ impl WaSessionRepository for WaSessions<'_> {
             .do_update()
             .set((
                 wa_sessions::state.eq(excluded(wa_sessions::state)),
-                wa_sessions::last_msg_at.eq(diesel::dsl::now),
+                // The inserted row's time, not now() again: Citus refuses a
+                // function that is not immutable in DO UPDATE SET.
+                wa_sessions::last_msg_at.eq(excluded(wa_sessions::last_msg_at)),
             ))
             .returning(WaSession::as_returning())
             .get_result(self.0.db())
@@ -100,6 +102,7 @@ impl WaSessionRepository for WaSessions<'_> {
 
     async fn get(&mut self, wa_id: &str) -> Result<WaSession> {
         Ok(wa_sessions::table
+            .filter(wa_sessions::tenant_id.eq(self.0.tenant_id()))
             .filter(wa_sessions::wa_id.eq(wa_id))
             .select(WaSession::as_select())
             .get_result(self.0.db())
@@ -108,15 +111,17 @@ impl WaSessionRepository for WaSessions<'_> {
 
     async fn update_state(&mut self, wa_id: &str, state: &str) -> Result<WaSession> {
         validate_state(state)?;
-        Ok(
-            diesel::update(wa_sessions::table.filter(wa_sessions::wa_id.eq(wa_id)))
-                .set((
-                    wa_sessions::state.eq(state),
-                    wa_sessions::last_msg_at.eq(diesel::dsl::now),
-                ))
-                .returning(WaSession::as_returning())
-                .get_result(self.0.db())
-                .await?,
+        Ok(diesel::update(
+            wa_sessions::table
+                .filter(wa_sessions::tenant_id.eq(self.0.tenant_id()))
+                .filter(wa_sessions::wa_id.eq(wa_id)),
         )
+        .set((
+            wa_sessions::state.eq(state),
+            wa_sessions::last_msg_at.eq(diesel::dsl::now),
+        ))
+        .returning(WaSession::as_returning())
+        .get_result(self.0.db())
+        .await?)
     }
 }

@@ -16,5 +16,6 @@ mod ops;
 mod platform;
 mod repo;
 mod session;
+mod shards;
 mod sql_layer;
 mod support;
