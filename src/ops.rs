@@ -104,6 +104,28 @@ WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_sch
   AND c.relkind = 'r'
 ORDER BY total_bytes DESC, c.relname";
 
+/// The same on Citus: a distributed or reference table on the coordinator
+/// is an empty shell, so its sizes come from Citus' size functions (over
+/// its shards) and its row estimate from each shard's `reltuples`.
+const TABLES_ON_CITUS: &str = "\
+SELECT c.relname::text AS \"table\",
+       CASE WHEN p.logicalrelid IS NULL THEN pg_total_relation_size(c.oid)
+            ELSE citus_total_relation_size(c.oid) END AS total_bytes,
+       CASE WHEN p.logicalrelid IS NULL THEN pg_table_size(c.oid)
+            ELSE citus_table_size(c.oid) END AS table_bytes,
+       CASE WHEN p.logicalrelid IS NULL THEN pg_indexes_size(c.oid)
+            ELSE citus_total_relation_size(c.oid) - citus_table_size(c.oid) END AS index_bytes,
+       CASE WHEN p.logicalrelid IS NULL THEN greatest(c.reltuples, 0)::int8
+            ELSE (SELECT coalesce(sum(greatest(r.result::float8, 0)), 0)::int8
+                    FROM run_command_on_shards(c.oid,
+                             'SELECT reltuples FROM pg_class WHERE oid = ''%s''::regclass') r
+                   WHERE r.success) END AS estimated_rows
+FROM pg_class c
+LEFT JOIN pg_dist_partition p ON p.logicalrelid = c.oid
+WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())
+  AND c.relkind = 'r'
+ORDER BY total_bytes DESC, c.relname";
+
 const INDEXES: &str = "\
 SELECT s.relname::text AS \"table\",
        s.indexrelname::text AS \"index\",
@@ -214,14 +236,21 @@ impl Store {
     /// statements when `pg_stat_statements` is installed in this database and
     /// loaded through `shared_preload_libraries`, and the login may see that
     /// (`pg_read_all_settings`) and other sessions' statements
-    /// (`pg_read_all_stats`).
+    /// (`pg_read_all_stats`). On Citus the tables' sizes and row estimates
+    /// are those of their shards on the workers; the index list still shows
+    /// the coordinator's (docs/citus.md).
     pub async fn diagnostics(&self) -> Result<Diagnostics> {
+        let tables = if self.session().on_citus() {
+            TABLES_ON_CITUS
+        } else {
+            TABLES
+        };
         let mut conn = self.checkout().await?;
         let (tables, indexes, slow_statements) = conn
             .build_transaction()
             .read_only()
             .run(async |conn| {
-                let tables = diesel::sql_query(TABLES).load(conn).await?;
+                let tables = diesel::sql_query(tables).load(conn).await?;
                 let indexes = diesel::sql_query(INDEXES).load(conn).await?;
                 let schema = diesel::sql_query(STATEMENTS_SCHEMA)
                     .get_result::<ExtensionSchema>(conn)

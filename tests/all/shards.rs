@@ -209,3 +209,27 @@ async fn every_repository_call_runs_on_one_shard() {
         .await;
     assert_eq!(fan_out.is_err(), on_citus, "{fan_out:?}");
 }
+
+/// On Citus the coordinator's tables are empty shells: the sizes must come
+/// from the shards, where the rows are.
+#[tokio::test]
+async fn diagnostics_report_the_sizes_of_the_rows_wherever_they_live() {
+    let db = TestDb::new().await;
+    CampaignFixture::builder()
+        .customers(2_000)
+        .create(db.store())
+        .await
+        .unwrap();
+    let diagnostics = db.store().diagnostics().await.unwrap();
+    let customers = diagnostics
+        .tables
+        .iter()
+        .find(|table| table.table == "customers")
+        .expect("customers is reported");
+    // 2,000 rows take well over 100 kB; the shell on a coordinator, one page.
+    assert!(customers.table_bytes > 100_000, "{customers:?}");
+    assert!(
+        customers.total_bytes > customers.table_bytes,
+        "{customers:?}"
+    );
+}
