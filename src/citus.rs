@@ -7,7 +7,7 @@ use diesel::sql_types::Bool;
 use diesel::{QueryableByName, RunQueryDsl};
 
 use crate::error::{Error, Result};
-use crate::migrate::{SyncConnection, run_locked};
+use crate::migrate::SyncConnection;
 use crate::store::Store;
 
 const DISTRIBUTE: &str = include_str!("citus/distribute.sql");
@@ -31,14 +31,7 @@ impl Store {
     /// a second call does nothing. On a database without the `citus`
     /// extension it fails with [`Error::Migration`].
     pub async fn distribute(&self) -> Result<()> {
-        let config = self.config();
-        let url = config
-            .migrator_url
-            .clone()
-            .unwrap_or_else(|| config.database_url.clone());
-        tokio::task::spawn_blocking(move || run_locked(&url, distribute))
-            .await
-            .map_err(|e| Error::Migration(format!("distribution task failed: {e}")))?
+        self.as_migrator(distribute).await
     }
 }
 

@@ -73,12 +73,22 @@ impl Store {
     /// this build has never heard of, older than its own (a pre-release
     /// build's), is refused with [`Error::Migration`].
     pub async fn migrate(&self) -> Result<Vec<String>> {
+        self.as_migrator(migrate_and_layer).await
+    }
+
+    /// Runs `work` as the migrator (its URL, else the service's) on a
+    /// dedicated connection, in one transaction under the migration lock
+    /// (see [`run_locked`]).
+    pub(crate) async fn as_migrator<T: Send + 'static>(
+        &self,
+        work: fn(&mut SyncConnection) -> Result<T>,
+    ) -> Result<T> {
         let config = self.config();
         let url = config
             .migrator_url
             .clone()
             .unwrap_or_else(|| config.database_url.clone());
-        tokio::task::spawn_blocking(move || run_locked(&url, migrate_and_layer))
+        tokio::task::spawn_blocking(move || run_locked(&url, work))
             .await
             .map_err(|e| Error::Migration(format!("migration task failed: {e}")))?
     }
@@ -89,10 +99,7 @@ impl Store {
 /// session-level lock would outlive the transaction on a server connection
 /// that PgBouncer (in transaction mode) hands to other clients. Each
 /// migration and the layer rebuild are savepoints within it.
-pub(crate) fn run_locked<T>(
-    url: &str,
-    work: impl FnOnce(&mut SyncConnection) -> Result<T>,
-) -> Result<T> {
+fn run_locked<T>(url: &str, work: impl FnOnce(&mut SyncConnection) -> Result<T>) -> Result<T> {
     // The wrapper drives the async connection from this blocking thread, which
     // works on both the multi-threaded and the current-thread runtime.
     let conn = tokio::runtime::Handle::current().block_on(establish(url))?;
