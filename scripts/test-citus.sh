@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the guard, isolation, context and money tests (the concurrency races
-# included) and the examples (but the batch one) on a 3-node Citus cluster on loopback, with the
+# included) and the examples on a 3-node Citus cluster on loopback, with the
 # database distributed by Store::distribute (docs/citus.md).
 #
 # Citus is not packaged in Debian: when citus.so is not installed into the
@@ -76,17 +76,15 @@ SQL
 
 export LOYALTY_TEST_CITUS=postgres://postgres@127.0.0.1:5601/loyalty
 filters=(${CITUS_TEST_FILTERS:-guard:: isolation:: context:: money:: shards::})
-# Not on Citus (docs/citus.md, "Left to do"): batches, whose CTE inserts
-# Citus runs as a COPY that row-level security refuses; and two tests that
-# stage lock queues with advisory locks sent from the coordinator, which
+# Not on Citus (docs/citus.md, "Left to do"): two tests that stage lock queues with advisory locks sent from the coordinator, which
 # never meet the delegated functions' locks on the workers.
-skips=(--skip money::batch:: --skip money::issue::a_retry_that_waited_while
+skips=(--skip money::issue::a_retry_that_waited_while
        --skip money::lifecycle::a_cancel_racing_the_codes_delivery)
 cargo test -q --test all -- "${filters[@]}" "${skips[@]}"
 
 export DATABASE_URL=postgres://loyalty_test_service@127.0.0.1:5601/loyalty
 export MIGRATOR_DATABASE_URL=postgres://loyalty_test_migrator@127.0.0.1:5601/loyalty
-for example in quickstart seed_demo; do
+for example in quickstart seed_demo campaign_blast; do
     echo "test-citus: example $example"
     cargo run -q --example "$example" >/dev/null
 done

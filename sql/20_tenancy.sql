@@ -50,7 +50,33 @@ BEGIN
         PERFORM loyalty.refuse('invalid_argument', 'the tenant argument is not the guard''s tenant',
             jsonb_build_object('argument', 'tenant_id', 'reason', 'not the tenant in context'));
     END IF;
+    -- A money function's advisory locks and deferred checks only meet every
+    -- other call's on the tenant's own node; a call Citus did not delegate
+    -- (a generic plan of the call, for one) would take them elsewhere.
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL AND NOT loyalty.on_tenant_node(p_tenant_id) THEN
+        RAISE EXCEPTION 'a money function for tenant % ran away from the tenant''s node', p_tenant_id
+            USING ERRCODE = '55000',
+                  HINT = 'Citus delegates a bare SELECT loyalty.f(tenant, ...) with custom plans; '
+                         'leave plan_cache_mode alone (docs/citus.md)';
+    END IF;
     RETURN p_tenant_id;
+END
+$$;
+
+-- Whether this node holds the tenant's shards, or nothing is distributed
+-- yet. plpgsql, so the Citus catalogs are only looked up where they exist.
+CREATE FUNCTION loyalty.on_tenant_node(p_tenant_id uuid) RETURNS boolean
+    LANGUAGE plpgsql STABLE
+    AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition
+                    WHERE logicalrelid = 'public.issuances'::regclass) THEN
+        RETURN true;
+    END IF;
+    RETURN EXISTS (SELECT 1 FROM pg_catalog.pg_dist_placement p
+                     JOIN pg_catalog.pg_dist_local_group g USING (groupid)
+                    WHERE p.shardid = pg_catalog.get_shard_id_for_distribution_column(
+                                          'public.issuances', p_tenant_id));
 END
 $$;
 

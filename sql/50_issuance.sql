@@ -222,6 +222,14 @@ BEGIN
 END
 $$;
 
+-- p_row repeated p_count times, comma-separated, with "[k]" in copy k
+-- replaced by "[k]"'s number: the rows of a VALUES list that reads element k
+-- of array parameters.
+CREATE FUNCTION loyalty.numbered_rows(p_row text, p_count integer) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT
+    RETURN (SELECT string_agg(replace(p_row, '[k]', format('[%s]', k)), ', ' ORDER BY k)
+              FROM generate_series(1, p_count) AS k);
+
 -- One reward for many customers, all or nothing. Per-customer refusals
 -- (unknown or inactive customer, limit reached, key reused) are reported
 -- without writing anything: {"applied": false, "items": [...]}. Batch-wide
@@ -256,6 +264,9 @@ DECLARE
     prior_codes text[];
     code_ids uuid[];
     codes text[];
+    new_ids uuid[];
+    new_customers uuid[];
+    new_keys text[];
     refused boolean;
     wanted integer;
     inserted integer;
@@ -336,36 +347,37 @@ BEGIN
         -- checked above, so every row must go in. The ledger entries carry
         -- the batch's id: the batch reserves their whole cost below in one
         -- update, and the commit-time trigger skips marked entries.
-        WITH fresh AS (
-            SELECT x.n, x.customer_id, x.idempotency_key, x.id,
-                   code_ids[row_number() OVER (ORDER BY x.n)] AS code_id
-              FROM unnest(p_customer_ids, p_idempotency_keys, p_ids, verdicts) WITH ORDINALITY
-                   AS x(customer_id, idempotency_key, id, verdict, n)
-             WHERE x.verdict = 'issue'
-        ), claimed AS (
-            UPDATE public.voucher_codes v SET status = 'reserved', issuance_id = fresh.id
-              FROM fresh
-             WHERE r.uses_codes AND v.tenant_id = t AND v.id = fresh.code_id
-        ), added AS (
-            INSERT INTO public.issuances (tenant_id, id, campaign_id, rule_id, customer_id, reward_id, budget_id,
-                                   voucher_code_id, status, cost_amount, currency, idempotency_key, expires_at)
-            SELECT t, id, r.campaign_id, p_rule_id, customer_id, r.reward_id, r.budget_id,
-                   code_id, 'issued', r.cost_amount, r.currency, idempotency_key, p_expires_at
-              FROM fresh
-             ORDER BY n
-            ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
-            RETURNING id
-        ), booked AS (
-            INSERT INTO public.ledger_entries (tenant_id, budget_id, entry_type, amount, currency,
-                                        ref_type, ref_id, batch_id)
-            SELECT t, r.budget_id, 'reserve', r.cost_amount, r.currency, 'issuance', id, batch
-              FROM added
-        )
-        SELECT count(*) INTO inserted FROM added;
+        SELECT array_agg(x.id ORDER BY x.n), array_agg(x.customer_id ORDER BY x.n),
+               array_agg(x.idempotency_key ORDER BY x.n)
+          INTO new_ids, new_customers, new_keys
+          FROM unnest(p_customer_ids, p_idempotency_keys, p_ids, verdicts) WITH ORDINALITY
+               AS x(customer_id, idempotency_key, id, verdict, n)
+         WHERE x.verdict = 'issue';
+        -- Each write is one multi-row INSERT ... VALUES whose row k reads
+        -- element k of the argument arrays: Citus routes that to the
+        -- tenant's shard, where an INSERT ... SELECT from the arrays would
+        -- go through COPY, which row-level security refuses (docs/citus.md).
+        EXECUTE 'INSERT INTO public.issuances (tenant_id, id, campaign_id, rule_id, customer_id, reward_id,
+                     budget_id, voucher_code_id, status, cost_amount, currency, idempotency_key, expires_at)
+                 VALUES ' || loyalty.numbered_rows(
+                     '($1, $2[k], $3, $4, $5[k], $6, $7, $8[k], ''issued'', $9, $10, $11[k], $12)', wanted)
+             || ' ON CONFLICT (tenant_id, idempotency_key) DO NOTHING'
+            USING t, new_ids, r.campaign_id, p_rule_id, new_customers, r.reward_id,
+                  r.budget_id, code_ids, r.cost_amount, r.currency, new_keys, p_expires_at;
+        GET DIAGNOSTICS inserted = ROW_COUNT;
         IF inserted < wanted THEN
             RAISE EXCEPTION 'a concurrent call issued some of these idempotency keys; retry the batch'
                 USING ERRCODE = '40001';
         END IF;
+        IF r.uses_codes THEN
+            UPDATE public.voucher_codes v SET status = 'reserved', issuance_id = claim.issuance_id
+              FROM unnest(code_ids, new_ids) AS claim(code_id, issuance_id)
+             WHERE v.tenant_id = t AND v.id = claim.code_id;
+        END IF;
+        EXECUTE 'INSERT INTO public.ledger_entries (tenant_id, budget_id, entry_type, amount, currency,
+                                                    ref_type, ref_id, batch_id)
+                 VALUES ' || loyalty.numbered_rows('($1, $2, ''reserve'', $3, $4, ''issuance'', $5[k], $6)', wanted)
+            USING t, r.budget_id, r.cost_amount, r.currency, new_ids, batch;
 
         IF r.global_limit IS NOT NULL THEN
             UPDATE public.rules SET issued_count = issued_count + wanted

@@ -135,6 +135,36 @@ FROM pg_stat_user_indexes s
 WHERE s.schemaname = current_schema()
 ORDER BY bytes DESC, s.relname, s.indexrelname";
 
+/// The same on Citus: a distributed or reference table's indexes are summed
+/// over its shards' indexes, whose names carry the shard's id as a suffix.
+const INDEXES_ON_CITUS: &str = "\
+WITH spread AS (
+    SELECT p.logicalrelid AS relid, c.relname
+      FROM pg_dist_partition p
+      JOIN pg_class c ON c.oid = p.logicalrelid
+     WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())
+), shard_indexes AS (
+    SELECT spread.relname, item->>0 AS shard_index, (item->>1)::int8 AS scans, (item->>2)::int8 AS bytes
+      FROM spread,
+           run_command_on_shards(spread.relid,
+               'SELECT coalesce(json_agg(json_build_array(indexrelname, idx_scan, pg_relation_size(indexrelid))), ''[]'')
+                  FROM pg_stat_user_indexes WHERE relid = ''%s''::regclass') r,
+           json_array_elements(r.result::json) item
+     WHERE r.success
+)
+SELECT \"table\", \"index\", scans, bytes FROM (
+    SELECT relname::text AS \"table\", regexp_replace(shard_index, '_[0-9]+$', '') AS \"index\",
+           sum(scans)::int8 AS scans, sum(bytes)::int8 AS bytes
+      FROM shard_indexes
+     GROUP BY 1, 2
+    UNION ALL
+    SELECT s.relname::text, s.indexrelname::text, COALESCE(s.idx_scan, 0), pg_relation_size(s.indexrelid)
+      FROM pg_stat_user_indexes s
+     WHERE s.schemaname = current_schema()
+       AND s.relid NOT IN (SELECT relid FROM spread)
+) everything
+ORDER BY bytes DESC, \"table\", \"index\"";
+
 #[derive(QueryableByName)]
 struct ExtensionSchema {
     #[diesel(sql_type = Text)]
@@ -236,14 +266,13 @@ impl Store {
     /// statements when `pg_stat_statements` is installed in this database and
     /// loaded through `shared_preload_libraries`, and the login may see that
     /// (`pg_read_all_settings`) and other sessions' statements
-    /// (`pg_read_all_stats`). On Citus the tables' sizes and row estimates
-    /// are those of their shards on the workers; the index list still shows
-    /// the coordinator's (docs/citus.md).
+    /// (`pg_read_all_stats`). On Citus the sizes, row estimates and index
+    /// scans are those of the shards on the workers (docs/citus.md).
     pub async fn diagnostics(&self) -> Result<Diagnostics> {
-        let tables = if self.session().on_citus() {
-            TABLES_ON_CITUS
+        let (tables, indexes) = if self.session().on_citus() {
+            (TABLES_ON_CITUS, INDEXES_ON_CITUS)
         } else {
-            TABLES
+            (TABLES, INDEXES)
         };
         let mut conn = self.checkout().await?;
         let (tables, indexes, slow_statements) = conn
@@ -251,7 +280,7 @@ impl Store {
             .read_only()
             .run(async |conn| {
                 let tables = diesel::sql_query(tables).load(conn).await?;
-                let indexes = diesel::sql_query(INDEXES).load(conn).await?;
+                let indexes = diesel::sql_query(indexes).load(conn).await?;
                 let schema = diesel::sql_query(STATEMENTS_SCHEMA)
                     .get_result::<ExtensionSchema>(conn)
                     .await

@@ -16,7 +16,7 @@ use loyalty_store::testing::{CampaignFixture, TestDb};
 use loyalty_store::{KeysetPage, Page, TimeRange};
 use serde_json::json;
 
-use crate::support::{issue_to, money};
+use crate::support::{issue_to, money, on_citus};
 
 async fn one_shard_guard(store: &Store, tenant: TenantId) -> TenantConn {
     let mut tx = store.tenant(tenant).await.unwrap();
@@ -201,13 +201,12 @@ async fn every_repository_call_runs_on_one_shard() {
 
     // The check is live: on Citus a statement that leaves the tenant to
     // row-level security needs a task per shard, and is refused.
-    let on_citus = std::env::var("LOYALTY_TEST_CITUS").is_ok_and(|url| !url.is_empty());
     let mut tx = one_shard_guard(store, p.tenant).await;
     let fan_out = tx
         .conn()
         .batch_execute("SELECT count(*) FROM customers")
         .await;
-    assert_eq!(fan_out.is_err(), on_citus, "{fan_out:?}");
+    assert_eq!(fan_out.is_err(), on_citus(), "{fan_out:?}");
 }
 
 /// On Citus the coordinator's tables are empty shells: the sizes must come
@@ -232,4 +231,11 @@ async fn diagnostics_report_the_sizes_of_the_rows_wherever_they_live() {
         customers.total_bytes > customers.table_bytes,
         "{customers:?}"
     );
+    let phone_index = diagnostics
+        .indexes
+        .iter()
+        .find(|index| index.index == "customers_tenant_phone_key")
+        .expect("the phone index is reported under its own name");
+    assert!(phone_index.bytes > 40_000, "{phone_index:?}");
+    assert_eq!(phone_index.table, "customers");
 }

@@ -7,6 +7,11 @@ use loyalty_store::prelude::*;
 use loyalty_store::repo::budgets::Budget;
 use loyalty_store::testing::{CampaignFixture, TestDb};
 
+/// Whether the tests run on a Citus cluster (`LOYALTY_TEST_CITUS`).
+pub fn on_citus() -> bool {
+    std::env::var("LOYALTY_TEST_CITUS").is_ok_and(|url| !url.is_empty())
+}
+
 pub async fn customers(store: &Store, tenant: TenantId, n: usize) -> Vec<CustomerId> {
     let mut tx = store.tenant(tenant).await.unwrap();
     let mut ids = Vec::with_capacity(n);
