@@ -4,9 +4,10 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::conditions::Condition;
 use crate::error::{Error, Result};
 use crate::ids::*;
 use crate::repo::budgets::BudgetRepository;
@@ -210,7 +211,7 @@ pub async fn seed_demo(store: &Store) -> Result<DemoSummary> {
             welcome,
             "Discount on big orders",
             "purchase",
-            json!({"min_amount": 20}),
+            Value::from(Condition::gte("amount", 20)),
             discount,
             Some(3),
             None,
@@ -220,7 +221,7 @@ pub async fn seed_demo(store: &Store) -> Result<DemoSummary> {
             weekend,
             "Weekend cashback",
             "purchase",
-            json!({"days": ["sat", "sun"]}),
+            Value::from(Condition::one_of("day", ["sat", "sun"])),
             cashback,
             Some(1),
             Some(200),

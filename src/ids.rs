@@ -2,6 +2,7 @@
 //! be passed where a `CustomerId` is expected.
 
 use std::fmt;
+use std::str::FromStr;
 
 use diesel::deserialize::{FromSql, FromSqlRow};
 use diesel::expression::AsExpression;
@@ -44,6 +45,16 @@ macro_rules! typed_id {
         impl From<$name> for Uuid {
             fn from(id: $name) -> Self {
                 id.0
+            }
+        }
+
+        /// Parses the id's hyphenated (or any other `uuid`-accepted) form,
+        /// as in a URL path or a header.
+        impl FromStr for $name {
+            type Err = uuid::Error;
+
+            fn from_str(text: &str) -> Result<Self, Self::Err> {
+                Uuid::parse_str(text).map(Self)
             }
         }
 
@@ -96,4 +107,24 @@ typed_id! {
     WaSessionId;
     /// A row of `audit_logs`.
     AuditLogId;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_parse_back_what_they_print() {
+        let id = CustomerId::new();
+        assert_eq!(id.to_string().parse::<CustomerId>().unwrap(), id);
+        assert_eq!(
+            "01234567-89ab-cdef-0123-456789abcdef"
+                .parse::<TenantId>()
+                .unwrap()
+                .to_string(),
+            "01234567-89ab-cdef-0123-456789abcdef"
+        );
+        assert!("not-a-uuid".parse::<IssuanceId>().is_err());
+        assert!("".parse::<IssuanceId>().is_err());
+    }
 }

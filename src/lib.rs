@@ -2,6 +2,7 @@
 
 mod checkout;
 mod citus;
+mod conditions;
 mod config;
 mod connect;
 pub mod demo;
@@ -30,6 +31,7 @@ pub mod testing;
 mod text_enum;
 mod validate;
 
+pub use conditions::{Comparison, Condition};
 pub use config::{Config, Recycling};
 pub use error::{Error, Result, TimeoutKind};
 pub use guard_key::GuardKey;
@@ -47,6 +49,23 @@ pub use store::{PoolStatus, Store};
 pub use tenant::{Actor, TenantConn};
 pub use validate::{MAX_JSON_DEPTH, MAX_PAGE};
 
+/// The crates whose types appear in this crate's API, at the versions it was
+/// built with: depend on them through here, and they stay in step.
+///
+/// ```
+/// use loyalty_store::reexports::{bigdecimal::BigDecimal, chrono::Utc, serde_json::json};
+/// let amount: BigDecimal = "2.50".parse().unwrap();
+/// # let _ = (amount, Utc::now(), json!({}));
+/// ```
+pub mod reexports {
+    pub use bigdecimal;
+    pub use chrono;
+    pub use diesel;
+    pub use diesel_async;
+    pub use serde_json;
+    pub use uuid;
+}
+
 /// The types most callers need, for a glob import: the store, the guard,
 /// errors, ids, and every repository trait with its inputs.
 pub mod prelude {
@@ -60,13 +79,13 @@ pub mod prelude {
     pub use crate::repo::events::{EventRepository, NewEvent};
     pub use crate::repo::issuances::{IssuanceRepository, IssuanceStatus, NewBatch, NewIssuance};
     pub use crate::repo::rewards::{NewReward, RewardRepository, RewardStatus, RewardType};
-    pub use crate::repo::rules::{NewRule, RuleRepository};
+    pub use crate::repo::rules::{NewRule, Rule, RuleRepository};
     pub use crate::repo::staff_users::{NewStaffUser, StaffRole, StaffUserRepository};
     pub use crate::repo::tenants::{NewTenant, Tenant, TenantPage, TenantRepository, TenantStatus};
     pub use crate::repo::voucher_codes::VoucherCodeRepository;
     pub use crate::repo::wa_sessions::{NewWaSession, WaSessionRepository};
     pub use crate::{
-        Actor, Config, Currency, Cursor, Error, KeysetPage, LimitScope, Page, Refusal, Result,
-        Store, TenantConn, TimeRange,
+        Actor, Condition, Config, Currency, Cursor, Error, KeysetPage, LimitScope, Page, Refusal,
+        Result, Store, TenantConn, TimeRange,
     };
 }

@@ -152,6 +152,7 @@ impl Store {
 
     /// Opens a unit of work for one tenant on behalf of `actor`, whom audited
     /// writes record.
+    #[tracing::instrument(name = "loyalty.guard.open", skip_all, fields(tenant_id = %tenant))]
     pub async fn tenant_as(&self, tenant: TenantId, actor: Actor) -> Result<TenantConn> {
         let proof = self.guard_key().await?.proof(tenant);
         let conn = self.checkout().await?;

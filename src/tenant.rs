@@ -244,6 +244,7 @@ impl TenantConn {
     ///
     /// [`Refusal::BudgetExhausted`]: crate::Refusal::BudgetExhausted
     /// [`Refusal::LimitReached`]: crate::Refusal::LimitReached
+    #[tracing::instrument(name = "loyalty.guard.commit", skip_all, fields(tenant_id = %self.tenant))]
     pub async fn commit(mut self) -> Result<()> {
         let mut conn = self
             .conn

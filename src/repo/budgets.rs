@@ -212,6 +212,7 @@ impl TenantConn {
 }
 
 impl Budgets<'_> {
+    #[tracing::instrument(name = "loyalty.budgets.move", skip_all, fields(tenant_id = %self.0.tenant_id(), budget_id = %id, entry_type = ?entry_type))]
     async fn mv(
         &mut self,
         id: BudgetId,

@@ -337,6 +337,7 @@ impl RawItem {
 }
 
 impl IssuanceRepository for Issuances<'_> {
+    #[tracing::instrument(name = "loyalty.issuances.issue", skip_all, fields(tenant_id = %self.0.tenant_id()))]
     async fn issue(&mut self, new: NewIssuance) -> Result<Issued> {
         validate_key(&new.idempotency_key)?;
         validate_expiry(new.expires_at)?;
@@ -354,6 +355,7 @@ impl IssuanceRepository for Issuances<'_> {
         Ok(answer.0)
     }
 
+    #[tracing::instrument(name = "loyalty.issuances.issue_batch", skip_all, fields(tenant_id = %self.0.tenant_id()))]
     async fn issue_batch(&mut self, batch: NewBatch) -> Result<BatchReport> {
         if batch.recipients.is_empty() || batch.recipients.len() > MAX_BATCH {
             return Err(Error::invalid(
@@ -397,6 +399,7 @@ impl IssuanceRepository for Issuances<'_> {
         })
     }
 
+    #[tracing::instrument(name = "loyalty.issuances.redeem", skip_all, fields(tenant_id = %self.0.tenant_id()))]
     async fn redeem(&mut self, id: IssuanceId) -> Result<Issued> {
         let JsonAnswer(redeemed) = diesel::select(redeem_issuance(self.0.tenant_id(), id))
             .get_result(self.0.db())
@@ -404,6 +407,7 @@ impl IssuanceRepository for Issuances<'_> {
         Ok(redeemed)
     }
 
+    #[tracing::instrument(name = "loyalty.issuances.cancel", skip_all, fields(tenant_id = %self.0.tenant_id()))]
     async fn cancel(&mut self, id: IssuanceId) -> Result<Issued> {
         let JsonAnswer(cancelled) = diesel::select(cancel_issuance(self.0.tenant_id(), id))
             .get_result(self.0.db())
@@ -411,6 +415,7 @@ impl IssuanceRepository for Issuances<'_> {
         Ok(cancelled)
     }
 
+    #[tracing::instrument(name = "loyalty.issuances.expire_due", skip_all, fields(tenant_id = %self.0.tenant_id()))]
     async fn expire_due(&mut self, now: DateTime<Utc>, batch: u32) -> Result<u32> {
         let batch = validate::page_limit(batch)?;
         let expired: i32 = diesel::select(expire_issuances(self.0.tenant_id(), now, batch as i32))

@@ -6,6 +6,7 @@ use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::conditions::Condition;
 use crate::error::{Error, Result};
 use crate::ids::{CampaignId, CustomerId, RewardId, RuleId, TenantId};
 use crate::repo::audit_logs;
@@ -13,6 +14,11 @@ use crate::repo::campaigns::CampaignStatus;
 use crate::schema::{campaigns, issuances, rules};
 use crate::tenant::TenantConn;
 use crate::validate;
+
+diesel::define_sql_function! {
+    #[sql_name = "loyalty.conditions_hold"]
+    fn conditions_hold(conditions: diesel::sql_types::Jsonb, properties: diesel::sql_types::Jsonb) -> Bool;
+}
 
 /// A row of `rules`.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Serialize, Deserialize)]
@@ -40,7 +46,9 @@ pub struct NewRule {
     pub campaign_id: CampaignId,
     pub name: String,
     pub event_type: String,
-    /// Matching conditions for the rule engine, a JSON object.
+    /// What an event's properties must meet, in the language of
+    /// [`Condition`] (`json!({})`, or `Condition::gte("amount", 20).into()`).
+    /// Anything outside it is refused with [`Error::InvalidInput`].
     pub conditions: Value,
     pub reward_id: RewardId,
     pub per_customer_limit: Option<i32>,
@@ -52,6 +60,7 @@ impl NewRule {
         validate::text("name", &self.name, 1, 200)?;
         validate::text("event_type", &self.event_type, 1, 100)?;
         validate::json_object("conditions", &self.conditions)?;
+        Condition::parse(&self.conditions)?;
         for (field, limit) in [
             ("per_customer_limit", self.per_customer_limit),
             ("global_limit", self.global_limit),
@@ -78,10 +87,13 @@ pub trait RuleRepository {
         &mut self,
         campaign_id: CampaignId,
     ) -> impl Future<Output = Result<Vec<Rule>>> + Send;
-    /// Active rules for `event_type` whose campaign is running at `at`.
+    /// Active rules for `event_type` whose campaign is running at `at` and
+    /// whose conditions the event's `properties` meet, evaluated in the same
+    /// statement (`loyalty.conditions_hold`).
     fn match_event(
         &mut self,
         event_type: &str,
+        properties: &Value,
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<Rule>>> + Send;
     /// Activates or deactivates a rule, audited as `rule.activated` or `rule.deactivated`.
@@ -152,7 +164,12 @@ impl RuleRepository for Rules<'_> {
             .await?)
     }
 
-    async fn match_event(&mut self, event_type: &str, at: DateTime<Utc>) -> Result<Vec<Rule>> {
+    async fn match_event(
+        &mut self,
+        event_type: &str,
+        properties: &Value,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<Rule>> {
         let running = campaigns::table
             .filter(campaigns::tenant_id.eq(self.0.tenant_id()))
             .filter(campaigns::status.eq(CampaignStatus::Active))
@@ -164,6 +181,7 @@ impl RuleRepository for Rules<'_> {
             .filter(rules::event_type.eq(event_type))
             .filter(rules::active.eq(true))
             .filter(rules::campaign_id.eq_any(running))
+            .filter(conditions_hold(rules::conditions, properties))
             .order((rules::created_at, rules::id))
             .select(Rule::as_select())
             .load(self.0.db())

@@ -2,6 +2,7 @@
 //! PostgreSQL server (each test still gets a database of its own).
 
 mod analytics;
+mod conditions;
 mod context;
 mod demo;
 mod distribution;
@@ -17,5 +18,6 @@ mod platform;
 mod repo;
 mod session;
 mod shards;
+mod spans;
 mod sql_layer;
 mod support;

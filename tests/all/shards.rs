@@ -106,7 +106,10 @@ async fn every_repository_call_runs_on_one_shard() {
         .unwrap();
     tx.rules().get(p.rule).await.unwrap();
     tx.rules().list_by_campaign(p.campaign).await.unwrap();
-    tx.rules().match_event("purchase", now).await.unwrap();
+    tx.rules()
+        .match_event("purchase", &json!({"amount": 12}), now)
+        .await
+        .unwrap();
     tx.rules().set_active(p.rule, true).await.unwrap();
     tx.rules().issuance_count(p.rule, range.from).await.unwrap();
     tx.rules()

@@ -290,7 +290,7 @@ fn rule(setup: &Setup, event_type: &str) -> NewRule {
         campaign_id: setup.campaign,
         name: format!("On {event_type}"),
         event_type: event_type.into(),
-        conditions: json!({"min_amount": 10}),
+        conditions: Condition::gte("amount", 10).into(),
         reward_id: setup.reward.id,
         per_customer_limit: Some(1),
         global_limit: Some(100),
@@ -320,9 +320,15 @@ async fn rules_create_list_match_and_toggle() {
         .map(|r| r.id)
         .collect();
     assert_eq!(listed, [purchase.id, signup.id]);
+    let small = tx
+        .rules()
+        .match_event("purchase", &json!({"amount": 9.99}), now)
+        .await
+        .unwrap();
+    assert!(small.is_empty(), "below the rule's minimum: {small:?}");
     let matched: Vec<_> = tx
         .rules()
-        .match_event("purchase", now)
+        .match_event("purchase", &json!({"amount": 12}), now)
         .await
         .unwrap()
         .into_iter()
@@ -340,7 +346,7 @@ async fn rules_create_list_match_and_toggle() {
     assert!(!off.active);
     assert!(
         tx.rules()
-            .match_event("purchase", now)
+            .match_event("purchase", &json!({"amount": 12}), now)
             .await
             .unwrap()
             .is_empty()
@@ -425,7 +431,7 @@ async fn rules_create_list_match_and_toggle() {
     let mut tx = store.tenant(b).await.unwrap();
     assert!(
         tx.rules()
-            .match_event("purchase", now)
+            .match_event("purchase", &json!({"amount": 12}), now)
             .await
             .unwrap()
             .is_empty()
