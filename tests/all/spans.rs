@@ -11,9 +11,12 @@ use loyalty_store::prelude::*;
 
 use crate::support::issue;
 
+/// A span's name and its `tenant_id` field, if it has one.
+type SeenSpan = (String, Option<String>);
+
 /// Records each span's name and `tenant_id` field, and nothing else.
 #[derive(Clone, Default)]
-struct Spans(Arc<Mutex<Vec<(String, Option<String>)>>>);
+struct Spans(Arc<Mutex<Vec<SeenSpan>>>);
 
 struct TenantField(Option<String>);
 
