@@ -61,7 +61,8 @@ async fn main() -> Result<()> {
     for tenant in [&acme, &globex] {
         let mut tx = store.tenant(tenant.id).await?;
         let phones: Vec<String> = customers::table
-            .select(customers::phone_e164)
+            .filter(customers::phone_e164.is_not_null())
+            .select(customers::phone_e164.assume_not_null())
             .order(customers::phone_e164)
             .load(tx.conn())
             .await?;
@@ -165,7 +166,7 @@ async fn reward_round_trip(store: &Store, acme: &Tenant) -> Result<()> {
     println!(
         "issued {} to {} with code {}",
         coffee.name,
-        customer.phone_e164,
+        customer.phone_e164.as_deref().unwrap_or("-"),
         issued.voucher_code.as_deref().unwrap_or("-")
     );
 

@@ -24,6 +24,8 @@ CREATE TYPE loyalty.refusal AS ENUM (
     'not_reserved',
     'reference_reused',
     'already_settled',
+    'code_not_found',
+    'already_redeemed',
     'invalid_argument'
 );
 

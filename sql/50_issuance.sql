@@ -443,6 +443,38 @@ BEGIN
 END
 $$;
 
+-- Redemption at a till, by the code alone: the code names one voucher in its
+-- tenant, and the issuance that handed it out keeps its voucher_code_id
+-- after expiry, so an expired scan is still traced to it. A second scan is
+-- refused (already_redeemed), not replayed: a till must not accept one
+-- voucher twice. Returns the issuance and its customer.
+CREATE FUNCTION loyalty.redeem_code(p_tenant_id uuid, p_code text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    AS $$
+#variable_conflict use_column
+DECLARE
+    t uuid := loyalty.tenant_argument(p_tenant_id);
+    i public.issuances%ROWTYPE;
+BEGIN
+    SELECT iss.* INTO i
+      FROM public.voucher_codes v
+      JOIN public.issuances iss ON iss.tenant_id = v.tenant_id AND iss.voucher_code_id = v.id
+     WHERE v.tenant_id = t AND v.code = p_code
+       FOR UPDATE OF iss;
+    IF NOT FOUND THEN
+        PERFORM loyalty.refuse('code_not_found', 'no voucher handed out under this code');
+    ELSIF i.status = 'redeemed' THEN
+        PERFORM loyalty.refuse('already_redeemed', format('voucher redeemed at %s', i.redeemed_at),
+            jsonb_build_object('redeemed_at', i.redeemed_at));
+    ELSIF i.status = 'expired' THEN
+        PERFORM loyalty.refuse('issuance_expired', format('voucher expired at %s', i.expires_at));
+    END IF;
+    RETURN jsonb_build_object(
+        'issuance', loyalty.redeem_issuance(t, i.id),
+        'customer', (SELECT to_jsonb(c) FROM public.customers c WHERE c.tenant_id = t AND c.id = i.customer_id));
+END
+$$;
+
 -- Ends issued rewards without redemption: releases their reservations and
 -- stops cancelled ones counting towards a global limit. A cancelled
 -- issuance's undelivered code (still 'reserved') goes back to the pool; every

@@ -1,5 +1,5 @@
 -- The moves of a voucher code a service makes by hand: a reserved code
--- delivered to its customer ('issued'), an available one withdrawn from the
+-- delivered to its customer ('issued', idempotent), an available one withdrawn from the
 -- pool ('invalid'). loyalty_app may import codes but not set a status, so a
 -- guard's own SQL cannot put a code back in the pool or take one away from
 -- an issuance. Returns whether the code moved; the caller reads the row to
@@ -15,6 +15,9 @@ BEGIN
     IF p_to = 'issued' THEN
         UPDATE public.voucher_codes SET status = 'issued', issued_at = now()
          WHERE tenant_id = t AND id = p_id AND status = 'reserved';
+        -- Delivering again (an outbox worker's retry) is a replay.
+        RETURN FOUND OR EXISTS (SELECT 1 FROM public.voucher_codes
+                                 WHERE tenant_id = t AND id = p_id AND status = 'issued');
     ELSIF p_to = 'invalid' THEN
         UPDATE public.voucher_codes SET status = 'invalid'
          WHERE tenant_id = t AND id = p_id AND status = 'available';

@@ -145,6 +145,13 @@ refusals! {
     /// The reservation was already released or committed.
     #[error("reservation already released or committed")]
     AlreadySettled => "already_settled",
+    /// No voucher code of this tenant has this text, or the code was never
+    /// handed out.
+    #[error("voucher code not found")]
+    CodeNotFound => "code_not_found",
+    /// The voucher was redeemed before: a second scan at a till.
+    #[error("voucher already redeemed")]
+    AlreadyRedeemed => "already_redeemed",
     /// An SQL function refused an argument. The crate validates its input
     /// before calling, so this comes from SQL sent directly.
     #[error("invalid {argument}: {reason}")]
@@ -166,6 +173,7 @@ impl Refusal {
                 | Refusal::CustomerNotFound
                 | Refusal::IssuanceNotFound
                 | Refusal::BudgetNotFound
+                | Refusal::CodeNotFound
         )
     }
 }

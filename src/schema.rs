@@ -62,11 +62,12 @@ diesel::table! {
     customers (tenant_id, id) {
         tenant_id -> Uuid,
         id -> Uuid,
-        phone_e164 -> Text,
+        phone_e164 -> Nullable<Text>,
         status -> Text,
         attributes -> Jsonb,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        erased_at -> Nullable<Timestamptz>,
     }
 }
 

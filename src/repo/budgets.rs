@@ -157,6 +157,8 @@ pub trait BudgetRepository {
     fn create(&mut self, new: NewBudget) -> impl Future<Output = Result<Budget>> + Send;
     /// One budget, or [`Error::NotFound`].
     fn get(&mut self, id: BudgetId) -> impl Future<Output = Result<Budget>> + Send;
+    /// Budgets, newest first, one offset page at a time.
+    fn list(&mut self, page: Page) -> impl Future<Output = Result<Vec<Budget>>> + Send;
     /// Raises the hard cap; `ref_id` names the top-up so a retry is a replay.
     fn top_up(
         &mut self,
@@ -292,6 +294,18 @@ impl BudgetRepository for Budgets<'_> {
             .await?;
         }
         self.get(id).await
+    }
+
+    async fn list(&mut self, page: Page) -> Result<Vec<Budget>> {
+        let limit = validate::page_limit(page.limit)?;
+        Ok(budgets::table
+            .filter(budgets::tenant_id.eq(self.0.tenant_id()))
+            .order((budgets::created_at.desc(), budgets::id.desc()))
+            .limit(limit)
+            .offset(i64::from(page.offset))
+            .select(Budget::as_select())
+            .load(self.0.db())
+            .await?)
     }
 
     async fn get(&mut self, id: BudgetId) -> Result<Budget> {

@@ -4,11 +4,13 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::error::Result;
 use crate::ids::{CustomerId, TenantId};
-use crate::schema::customers;
+use crate::page::KeysetPage;
+use crate::repo::audit_logs;
+use crate::schema::{customers, wa_sessions};
 use crate::tenant::TenantConn;
 use crate::validate;
 
@@ -20,11 +22,14 @@ pub use crate::status::CustomerStatus;
 pub struct Customer {
     pub tenant_id: TenantId,
     pub id: CustomerId,
-    pub phone_e164: String,
+    /// `None` once the customer is erased.
+    pub phone_e164: Option<String>,
     pub status: CustomerStatus,
     pub attributes: Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When the customer's personal data was removed.
+    pub erased_at: Option<DateTime<Utc>>,
 }
 
 /// Input for [`CustomerRepository::create`].
@@ -66,7 +71,28 @@ pub trait CustomerRepository {
         &mut self,
         phone_e164: &str,
     ) -> impl Future<Output = Result<Option<Customer>>> + Send;
-    /// Changes the status and returns the updated row.
+    /// Customers, newest first, by keyset.
+    fn list(
+        &mut self,
+        page: KeysetPage<CustomerId>,
+    ) -> impl Future<Output = Result<Vec<Customer>>> + Send;
+    /// Replaces the attributes (a JSON object) and returns the updated row.
+    fn update_attributes(
+        &mut self,
+        id: CustomerId,
+        attributes: Value,
+    ) -> impl Future<Output = Result<Customer>> + Send;
+    /// Removes the customer's personal data: the phone number (so the
+    /// customer can no longer be found by it), the attributes, and the
+    /// WhatsApp sessions, which hold the number too. The row stays, as do
+    /// its issuances, ledger entries and consent history, which hold no
+    /// personal data, so the books still balance. Audited as
+    /// `customer.erased`. Final: erasing again returns the row unchanged,
+    /// and no status change can undo it. An erased customer cannot be
+    /// issued rewards ([`crate::Refusal::CustomerInactive`]).
+    fn erase(&mut self, id: CustomerId) -> impl Future<Output = Result<Customer>> + Send;
+    /// Changes the status and returns the updated row. `Erased` is set by
+    /// [`erase`](Self::erase) only ([`crate::Error::CheckViolation`] here).
     fn update_status(
         &mut self,
         id: CustomerId,
@@ -120,6 +146,77 @@ impl CustomerRepository for Customers<'_> {
             .get_result(self.0.db())
             .await
             .optional()?)
+    }
+
+    async fn list(&mut self, page: KeysetPage<CustomerId>) -> Result<Vec<Customer>> {
+        let limit = validate::page_limit(page.limit)?;
+        let mut query = customers::table
+            .filter(customers::tenant_id.eq(self.0.tenant_id()))
+            .order((customers::created_at.desc(), customers::id.desc()))
+            .limit(limit)
+            .select(Customer::as_select())
+            .into_boxed();
+        if let Some(after) = page.after {
+            query = query.filter(
+                customers::created_at.lt(after.at).or(customers::created_at
+                    .eq(after.at)
+                    .and(customers::id.lt(after.id))),
+            );
+        }
+        Ok(query.load(self.0.db()).await?)
+    }
+
+    async fn update_attributes(&mut self, id: CustomerId, attributes: Value) -> Result<Customer> {
+        validate::json_object("attributes", &attributes)?;
+        Ok(diesel::update(
+            customers::table
+                .filter(customers::tenant_id.eq(self.0.tenant_id()))
+                .filter(customers::id.eq(id)),
+        )
+        .set(customers::attributes.eq(attributes))
+        .returning(Customer::as_returning())
+        .get_result(self.0.db())
+        .await?)
+    }
+
+    async fn erase(&mut self, id: CustomerId) -> Result<Customer> {
+        let tenant = self.0.tenant_id();
+        let erased = diesel::update(
+            customers::table
+                .filter(customers::tenant_id.eq(tenant))
+                .filter(customers::id.eq(id))
+                .filter(customers::status.ne(CustomerStatus::Erased)),
+        )
+        .set((
+            customers::status.eq(CustomerStatus::Erased),
+            customers::phone_e164.eq(None::<String>),
+            customers::attributes.eq(Value::Object(Default::default())),
+            customers::erased_at.eq(diesel::dsl::now),
+        ))
+        .returning(Customer::as_returning())
+        .get_result(self.0.db())
+        .await
+        .optional()?;
+        let Some(erased) = erased else {
+            // Unknown (NotFound) or erased before (the row as it is).
+            return self.get(id).await;
+        };
+        let sessions = diesel::delete(
+            wa_sessions::table
+                .filter(wa_sessions::tenant_id.eq(tenant))
+                .filter(wa_sessions::customer_id.eq(id)),
+        )
+        .execute(self.0.db())
+        .await?;
+        audit_logs::record(
+            self.0,
+            "customer.erased",
+            "customer",
+            id.0,
+            json!({ "wa_sessions_deleted": sessions }),
+        )
+        .await?;
+        Ok(erased)
     }
 
     async fn update_status(&mut self, id: CustomerId, status: CustomerStatus) -> Result<Customer> {

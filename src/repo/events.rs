@@ -6,7 +6,7 @@ use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ids::{CustomerId, EventId, TenantId};
 use crate::page::KeysetPage;
 use crate::schema::events;
@@ -54,7 +54,10 @@ pub struct Ingested {
 
 /// Events of one tenant.
 pub trait EventRepository {
-    /// Stores an event once per idempotency key, also under concurrent delivery.
+    /// Stores an event once per idempotency key, also under concurrent
+    /// delivery. A second delivery of the same event returns the first with
+    /// `created: false`; the same key with another payload (customer, type,
+    /// properties, time or source) is [`Error::Conflict`].
     fn ingest(&mut self, new: NewEvent) -> impl Future<Output = Result<Ingested>> + Send;
     /// Events, newest first by `occurred_at`, one keyset page at a time.
     fn list(
@@ -115,7 +118,6 @@ impl EventRepository for Events<'_> {
         validate::json_object("properties", &new.properties)?;
         validate::timestamp("occurred_at", &new.occurred_at)?;
         let tenant = self.0.tenant_id();
-        let key = new.idempotency_key.clone();
         // A concurrent insert of the same key makes this one wait for it and
         // then do nothing; the lookup below then sees the winner's row.
         let inserted = diesel::insert_into(events::table)
@@ -123,11 +125,11 @@ impl EventRepository for Events<'_> {
                 events::tenant_id.eq(tenant),
                 events::id.eq(EventId::new()),
                 events::customer_id.eq(new.customer_id),
-                events::event_type.eq(new.event_type),
-                events::properties.eq(new.properties),
+                events::event_type.eq(&new.event_type),
+                events::properties.eq(&new.properties),
                 events::occurred_at.eq(new.occurred_at),
-                events::source.eq(new.source),
-                events::idempotency_key.eq(new.idempotency_key),
+                events::source.eq(&new.source),
+                events::idempotency_key.eq(&new.idempotency_key),
             ))
             .on_conflict((events::tenant_id, events::idempotency_key))
             .do_nothing()
@@ -141,12 +143,26 @@ impl EventRepository for Events<'_> {
                 created: true,
             });
         }
-        let event = events::table
-            .filter(events::tenant_id.eq(self.0.tenant_id()))
-            .filter(events::idempotency_key.eq(key))
-            .select(Event::as_select())
+        // The same key must mean the same event: a sender that reuses a key
+        // for another payload has a bug that a silent replay would hide. The
+        // database compares, as it stored them (jsonb, microseconds).
+        let same = events::customer_id
+            .is_not_distinct_from(new.customer_id)
+            .and(events::event_type.eq(&new.event_type))
+            .and(events::properties.eq(&new.properties))
+            .and(events::occurred_at.eq(new.occurred_at))
+            .and(events::source.eq(&new.source));
+        let (event, same): (Event, bool) = events::table
+            .filter(events::tenant_id.eq(tenant))
+            .filter(events::idempotency_key.eq(&new.idempotency_key))
+            .select((Event::as_select(), same))
             .get_result(self.0.db())
             .await?;
+        if !same {
+            return Err(Error::Conflict {
+                constraint: "events_tenant_idempotency_key".into(),
+            });
+        }
         Ok(Ingested {
             event,
             created: false,

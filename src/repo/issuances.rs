@@ -38,7 +38,8 @@ use crate::ids::{
 use crate::money::Currency;
 use crate::page::KeysetPage;
 use crate::refusal::Refusal;
-use crate::schema::issuances;
+use crate::repo::customers::Customer;
+use crate::schema::{issuances, voucher_codes};
 use crate::tenant::TenantConn;
 use crate::validate;
 
@@ -77,6 +78,13 @@ pub struct Issued {
     /// True when this call found the work already done (same idempotency
     /// key, or redeeming/cancelling twice) and changed nothing.
     pub replayed: bool,
+}
+
+/// What [`IssuanceRepository::redeem_code`] redeemed, and for whom.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TillRedemption {
+    pub issuance: Issued,
+    pub customer: Customer,
 }
 
 /// Input for [`IssuanceRepository::issue`].
@@ -185,6 +193,13 @@ pub trait IssuanceRepository {
     fn issue_batch(&mut self, batch: NewBatch) -> impl Future<Output = Result<BatchReport>> + Send;
     /// Redeems an issued reward, moving its cost from reserved to spent.
     fn redeem(&mut self, id: IssuanceId) -> impl Future<Output = Result<Issued>> + Send;
+    /// Redeems the voucher a till scanned, by its code alone (codes are
+    /// unique in their tenant), and returns the issuance with its customer.
+    /// Refused with [`Refusal::CodeNotFound`] for a code never handed out,
+    /// [`Refusal::AlreadyRedeemed`] for a second scan,
+    /// [`Refusal::IssuanceExpired`] for an expired voucher (swept or not),
+    /// and [`Refusal::IssuanceNotIssued`] for a cancelled one or a hold.
+    fn redeem_code(&mut self, code: &str) -> impl Future<Output = Result<TillRedemption>> + Send;
     /// Cancels an issued reward: releases its cost, stops it counting towards
     /// limits, and puts an undelivered voucher code back in the pool.
     fn cancel(&mut self, id: IssuanceId) -> impl Future<Output = Result<Issued>> + Send;
@@ -205,6 +220,10 @@ pub trait IssuanceRepository {
         &mut self,
         idempotency_key: &str,
     ) -> impl Future<Output = Result<Option<Issuance>>> + Send;
+    /// The issuance that handed out a voucher code, if any; it stays linked
+    /// after the issuance expires.
+    fn find_by_code(&mut self, code: &str)
+    -> impl Future<Output = Result<Option<Issuance>>> + Send;
     /// One customer's issuances, newest first, by keyset.
     fn list_for_customer(
         &mut self,
@@ -237,6 +256,10 @@ diesel::define_sql_function! {
 diesel::define_sql_function! {
     #[sql_name = "loyalty.redeem_issuance"]
     fn redeem_issuance(tenant_id: SqlUuid, id: SqlUuid) -> Jsonb;
+}
+diesel::define_sql_function! {
+    #[sql_name = "loyalty.redeem_code"]
+    fn redeem_code(tenant_id: SqlUuid, code: Text) -> Jsonb;
 }
 diesel::define_sql_function! {
     #[sql_name = "loyalty.cancel_issuance"]
@@ -407,6 +430,15 @@ impl IssuanceRepository for Issuances<'_> {
         Ok(redeemed)
     }
 
+    #[tracing::instrument(name = "loyalty.issuances.redeem_code", skip_all, fields(tenant_id = %self.0.tenant_id()))]
+    async fn redeem_code(&mut self, code: &str) -> Result<TillRedemption> {
+        validate::text("code", code, 1, 100)?;
+        let JsonAnswer(redeemed) = diesel::select(redeem_code(self.0.tenant_id(), code))
+            .get_result(self.0.db())
+            .await?;
+        Ok(redeemed)
+    }
+
     #[tracing::instrument(name = "loyalty.issuances.cancel", skip_all, fields(tenant_id = %self.0.tenant_id()))]
     async fn cancel(&mut self, id: IssuanceId) -> Result<Issued> {
         let JsonAnswer(cancelled) = diesel::select(cancel_issuance(self.0.tenant_id(), id))
@@ -437,6 +469,20 @@ impl IssuanceRepository for Issuances<'_> {
         Ok(issuances::table
             .filter(issuances::tenant_id.eq(self.0.tenant_id()))
             .filter(issuances::idempotency_key.eq(idempotency_key))
+            .select(Issuance::as_select())
+            .get_result(self.0.db())
+            .await
+            .optional()?)
+    }
+
+    async fn find_by_code(&mut self, code: &str) -> Result<Option<Issuance>> {
+        let handed_out = voucher_codes::table
+            .filter(voucher_codes::tenant_id.eq(self.0.tenant_id()))
+            .filter(voucher_codes::code.eq(code))
+            .select(voucher_codes::id.nullable());
+        Ok(issuances::table
+            .filter(issuances::tenant_id.eq(self.0.tenant_id()))
+            .filter(issuances::voucher_code_id.eq_any(handed_out))
             .select(Issuance::as_select())
             .get_result(self.0.db())
             .await

@@ -100,6 +100,13 @@ pub trait StaffUserRepository {
     ) -> impl Future<Output = Result<Option<StaffUser>>> + Send;
     /// Staff users, newest first, one offset page at a time.
     fn list(&mut self, page: Page) -> impl Future<Output = Result<Vec<StaffUser>>> + Send;
+    /// Disables a staff user (or enables one again) and returns the updated
+    /// row, audited as `staff.disabled` or `staff.enabled`.
+    fn set_status(
+        &mut self,
+        id: StaffUserId,
+        status: StaffStatus,
+    ) -> impl Future<Output = Result<StaffUser>> + Send;
     /// Changes the role and returns the updated row, audited as
     /// `staff.role_changed`.
     fn update_role(
@@ -170,6 +177,24 @@ impl StaffUserRepository for StaffUsers<'_> {
             .select(StaffUser::as_select())
             .load(self.0.db())
             .await?)
+    }
+
+    async fn set_status(&mut self, id: StaffUserId, status: StaffStatus) -> Result<StaffUser> {
+        let updated = diesel::update(
+            staff_users::table
+                .filter(staff_users::tenant_id.eq(self.0.tenant_id()))
+                .filter(staff_users::id.eq(id)),
+        )
+        .set(staff_users::status.eq(status))
+        .returning(StaffUser::as_returning())
+        .get_result(self.0.db())
+        .await?;
+        let action = match status {
+            StaffStatus::Active => "staff.enabled",
+            StaffStatus::Disabled => "staff.disabled",
+        };
+        audit_logs::record(self.0, action, "staff_user", id.0, json!({})).await?;
+        Ok(updated)
     }
 
     async fn update_role(&mut self, id: StaffUserId, role: StaffRole) -> Result<StaffUser> {

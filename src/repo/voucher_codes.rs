@@ -58,8 +58,8 @@ pub const IMPORT_CHUNK: usize = 20_000;
 /// Voucher-code pools of one tenant.
 pub trait VoucherCodeRepository {
     /// Adds codes to a reward's pool, any number, in chunks of
-    /// [`IMPORT_CHUNK`]. Codes already in the pool are reported, not
-    /// re-inserted. Nothing is written if any code is empty or longer than
+    /// [`IMPORT_CHUNK`]. Codes the tenant already has, in this pool or
+    /// another reward's, are reported, not re-inserted. Nothing is written if any code is empty or longer than
     /// 100 characters.
     fn import(
         &mut self,
@@ -67,9 +67,13 @@ pub trait VoucherCodeRepository {
         codes: &[String],
     ) -> impl Future<Output = Result<ImportReport>> + Send;
     /// Marks a reserved code (one an issuance holds) as delivered to the
-    /// customer and stamps `issued_at`. A code in any other status is
-    /// refused with [`Error::VoucherCodeStatus`]; an unknown one with
-    /// [`Error::NotFound`].
+    /// customer and stamps `issued_at`. Call it once the code has been sent
+    /// (an outbox worker does, after each send): from then on a cancelled
+    /// issuance's code is withdrawn, never handed to someone else, where an
+    /// undelivered one goes back to the pool. Marking a delivered code
+    /// again returns it unchanged, so a retried send is safe. A code that
+    /// is available or invalid is refused with [`Error::VoucherCodeStatus`];
+    /// an unknown one with [`Error::NotFound`].
     fn mark_issued(
         &mut self,
         id: VoucherCodeId,
@@ -79,12 +83,10 @@ pub trait VoucherCodeRepository {
     /// one with [`Error::NotFound`].
     fn invalidate(&mut self, id: VoucherCodeId)
     -> impl Future<Output = Result<VoucherCode>> + Send;
-    /// A code of a reward, by its text.
-    fn find(
-        &mut self,
-        reward_id: RewardId,
-        code: &str,
-    ) -> impl Future<Output = Result<Option<VoucherCode>>> + Send;
+    /// One code, or [`Error::NotFound`].
+    fn get(&mut self, id: VoucherCodeId) -> impl Future<Output = Result<VoucherCode>> + Send;
+    /// A code by its text: codes are unique in their tenant, across rewards.
+    fn find(&mut self, code: &str) -> impl Future<Output = Result<Option<VoucherCode>>> + Send;
     /// Codes of a reward by status.
     fn counts(&mut self, reward_id: RewardId) -> impl Future<Output = Result<StatusCounts>> + Send;
 }
@@ -168,7 +170,7 @@ impl VoucherCodeRepository for VoucherCodes<'_> {
             let inserted = diesel::sql_query(
                 "INSERT INTO voucher_codes (tenant_id, id, reward_id, code) \
                  SELECT $1, id, $2, code FROM unnest($3::uuid[], $4::text[]) AS input(id, code) \
-                 ON CONFLICT (tenant_id, reward_id, code) DO NOTHING",
+                 ON CONFLICT (tenant_id, code) DO NOTHING",
             )
             .bind::<SqlUuid, _>(tenant)
             .bind::<SqlUuid, _>(reward_id)
@@ -214,10 +216,18 @@ impl VoucherCodeRepository for VoucherCodes<'_> {
             .await
     }
 
-    async fn find(&mut self, reward_id: RewardId, code: &str) -> Result<Option<VoucherCode>> {
+    async fn get(&mut self, id: VoucherCodeId) -> Result<VoucherCode> {
         Ok(voucher_codes::table
             .filter(voucher_codes::tenant_id.eq(self.0.tenant_id()))
-            .filter(voucher_codes::reward_id.eq(reward_id))
+            .filter(voucher_codes::id.eq(id))
+            .select(VoucherCode::as_select())
+            .get_result(self.0.db())
+            .await?)
+    }
+
+    async fn find(&mut self, code: &str) -> Result<Option<VoucherCode>> {
+        Ok(voucher_codes::table
+            .filter(voucher_codes::tenant_id.eq(self.0.tenant_id()))
             .filter(voucher_codes::code.eq(code))
             .select(VoucherCode::as_select())
             .get_result(self.0.db())

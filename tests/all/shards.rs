@@ -10,7 +10,7 @@ use diesel_async::SimpleAsyncConnection;
 use loyalty_store::prelude::*;
 use loyalty_store::repo::consents::{Channel, NewConsent, Purpose};
 use loyalty_store::repo::events::NewEvent;
-use loyalty_store::repo::staff_users::{NewStaffUser, StaffRole};
+use loyalty_store::repo::staff_users::{NewStaffUser, StaffRole, StaffStatus};
 use loyalty_store::repo::wa_sessions::NewWaSession;
 use loyalty_store::testing::{CampaignFixture, TestDb};
 use loyalty_store::{KeysetPage, Page, TimeRange};
@@ -45,7 +45,12 @@ async fn every_repository_call_runs_on_one_shard() {
     let mut tx = one_shard_guard(store, p.tenant).await;
     let customer = tx.customers().get(ada).await.unwrap();
     tx.customers()
-        .find_by_phone(&customer.phone_e164)
+        .find_by_phone(customer.phone_e164.as_deref().unwrap())
+        .await
+        .unwrap();
+    tx.customers().list(KeysetPage::first(10)).await.unwrap();
+    tx.customers()
+        .update_attributes(bob, json!({"tier": "gold"}))
         .await
         .unwrap();
     tx.customers()
@@ -75,6 +80,10 @@ async fn every_repository_call_runs_on_one_shard() {
     tx.staff_users().list(Page::first(10)).await.unwrap();
     tx.staff_users()
         .update_role(staff.id, StaffRole::Admin)
+        .await
+        .unwrap();
+    tx.staff_users()
+        .set_status(staff.id, StaffStatus::Disabled)
         .await
         .unwrap();
 
@@ -118,6 +127,7 @@ async fn every_repository_call_runs_on_one_shard() {
         .unwrap();
 
     tx.budgets().get(p.budget).await.unwrap();
+    tx.budgets().list(Page::first(10)).await.unwrap();
     tx.budgets()
         .top_up(p.budget, money("1.00"), uuid::Uuid::new_v4())
         .await
@@ -141,17 +151,14 @@ async fn every_repository_call_runs_on_one_shard() {
         .unwrap();
     let code = issued.voucher_code_id.unwrap();
     tx.voucher_codes().mark_issued(code).await.unwrap();
+    let code_text = tx.voucher_codes().get(code).await.unwrap().code;
+    tx.issuances().find_by_code(&code_text).await.unwrap();
     tx.voucher_codes().counts(p.reward).await.unwrap();
     tx.voucher_codes()
         .import(p.reward, &["EXTRA-1".to_owned()])
         .await
         .unwrap();
-    let extra = tx
-        .voucher_codes()
-        .find(p.reward, "EXTRA-1")
-        .await
-        .unwrap()
-        .unwrap();
+    let extra = tx.voucher_codes().find("EXTRA-1").await.unwrap().unwrap();
     tx.voucher_codes().invalidate(extra.id).await.unwrap();
     tx.issuances().redeem(issued.id).await.unwrap();
     let second = tx
@@ -161,6 +168,15 @@ async fn every_repository_call_runs_on_one_shard() {
         .unwrap()
         .issuance;
     tx.issuances().cancel(second.id).await.unwrap();
+    let third = tx
+        .issuances()
+        .issue(issue_to(&p, bob, "one-shard-3"))
+        .await
+        .unwrap();
+    tx.issuances()
+        .redeem_code(third.voucher_code.as_deref().unwrap())
+        .await
+        .unwrap();
     tx.issuances().expire_due(now, 10).await.unwrap();
     tx.budgets().verify_ledger().await.unwrap();
 
@@ -172,6 +188,7 @@ async fn every_repository_call_runs_on_one_shard() {
         source: "pos".into(),
         idempotency_key: "evt-1".into(),
     };
+    tx.events().ingest(event.clone()).await.unwrap();
     tx.events().ingest(event).await.unwrap();
     tx.events().list(KeysetPage::first(10)).await.unwrap();
     tx.events()
@@ -182,7 +199,7 @@ async fn every_repository_call_runs_on_one_shard() {
         .upsert(NewWaSession {
             wa_id: "wa-1".into(),
             customer_id: Some(ada),
-            phone_e164: customer.phone_e164.clone(),
+            phone_e164: customer.phone_e164.clone().unwrap(),
             state: "idle".into(),
         })
         .await

@@ -323,3 +323,39 @@ async fn money_moves_only_through_the_money_functions() {
     assert_eq!(crate::support::budget(db.store(), &shop).await, before);
     crate::support::assert_books_balance(db.store(), shop.tenant).await;
 }
+
+#[tokio::test]
+async fn budgets_are_listed_newest_first() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let (tenant, first) = shop(store).await;
+    let mut tx = store.tenant(tenant).await.unwrap();
+    let second = tx
+        .budgets()
+        .create(NewBudget {
+            name: "Second".into(),
+            currency: "USD".parse().unwrap(),
+            hard_cap: money("5"),
+        })
+        .await
+        .unwrap();
+    let listed: Vec<_> = tx
+        .budgets()
+        .list(Page::first(10))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(listed, [second.id, first]);
+    let page_two = tx
+        .budgets()
+        .list(Page {
+            offset: 1,
+            limit: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page_two.len(), 1);
+    assert_eq!(page_two[0].id, first);
+}

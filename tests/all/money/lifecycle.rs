@@ -116,7 +116,7 @@ async fn cancelling_after_delivery_retires_the_code() {
     );
     let code = tx
         .voucher_codes()
-        .find(p.reward, issued.voucher_code.as_deref().unwrap())
+        .find(issued.voucher_code.as_deref().unwrap())
         .await
         .unwrap()
         .unwrap();

@@ -6,4 +6,5 @@ mod budgets;
 mod issue;
 mod lifecycle;
 mod races;
+mod till;
 mod vouchers;

@@ -27,16 +27,30 @@ async fn events_are_ingested_once_per_key() {
     let mut tx = store.tenant(a).await.unwrap();
     let first = tx.events().ingest(event("k1", None, now)).await.unwrap();
     assert!(first.created);
-    let again = tx
-        .events()
-        .ingest(NewEvent {
-            properties: json!({"amount": 99}),
-            ..event("k1", None, now)
-        })
-        .await
-        .unwrap();
+    // The same event again (its time carries nanoseconds the database
+    // does not keep): a replay.
+    let again = tx.events().ingest(event("k1", None, now)).await.unwrap();
     assert!(!again.created);
     assert_eq!(again.event, first.event, "the first event stands");
+    // The same key for another payload: a conflict, and the first stands.
+    for other in [
+        NewEvent {
+            properties: json!({"amount": 99}),
+            ..event("k1", None, now)
+        },
+        NewEvent {
+            event_type: "refund".into(),
+            ..event("k1", None, now)
+        },
+        event("k1", None, now + Duration::seconds(1)),
+    ] {
+        let conflict = tx.events().ingest(other).await;
+        assert!(
+            matches!(&conflict, Err(Error::Conflict { constraint }) if constraint == "events_tenant_idempotency_key"),
+            "{conflict:?}"
+        );
+    }
+    // A conflict is found by a read, so the guard goes on.
     for (input, field) in [
         (
             NewEvent {

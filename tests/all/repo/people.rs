@@ -282,6 +282,207 @@ async fn customers_create_get_find_and_update_status() {
 }
 
 #[tokio::test]
+async fn customers_list_by_keyset_and_change_attributes() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let (a, b) = two_tenants(store).await;
+    let mut tx = store.tenant(a).await.unwrap();
+    let mut made = Vec::new();
+    for n in 0..5 {
+        made.push(
+            tx.customers()
+                .create(NewCustomer::new(format!("+1555000100{n}")))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    made.reverse();
+    let first = tx.customers().list(KeysetPage::first(3)).await.unwrap();
+    let last = first.last().unwrap();
+    let rest = tx
+        .customers()
+        .list(KeysetPage::after(
+            loyalty_store::Cursor {
+                at: last.created_at,
+                id: last.id,
+            },
+            3,
+        ))
+        .await
+        .unwrap();
+    let listed: Vec<_> = first.iter().chain(&rest).map(|c| c.id).collect();
+    assert_eq!(listed, made, "newest first, each once");
+    let gold = tx
+        .customers()
+        .update_attributes(made[0], json!({"tier": "gold"}))
+        .await
+        .unwrap();
+    assert_eq!(gold.attributes, json!({"tier": "gold"}));
+    assert_eq!(
+        invalid_field(tx.customers().update_attributes(made[0], json!([1])).await),
+        "attributes"
+    );
+    tx.commit().await.unwrap();
+    let mut tx = store.tenant(b).await.unwrap();
+    assert!(
+        tx.customers()
+            .list(KeysetPage::first(10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        tx.customers().update_attributes(made[0], json!({})).await,
+        Err(Error::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn erasure_removes_personal_data_and_keeps_the_books() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let p = loyalty_store::testing::CampaignFixture::builder()
+        .customers(2)
+        .create(store)
+        .await
+        .unwrap();
+    let (ada, bo) = (p.customers[0], p.customers[1]);
+    crate::support::issue(store, &p, ada, "before-erasure")
+        .await
+        .unwrap();
+    let mut tx = store.tenant_as(p.tenant, Actor::Api).await.unwrap();
+    let phone = tx.customers().get(ada).await.unwrap().phone_e164.unwrap();
+    tx.customers()
+        .update_attributes(ada, json!({"name": "Ada"}))
+        .await
+        .unwrap();
+    tx.wa_sessions()
+        .upsert(NewWaSession {
+            wa_id: "wa-ada".into(),
+            customer_id: Some(ada),
+            phone_e164: phone.clone(),
+            state: "menu".into(),
+        })
+        .await
+        .unwrap();
+    let erased = tx.customers().erase(ada).await.unwrap();
+    assert_eq!(erased.status, CustomerStatus::Erased);
+    assert_eq!(erased.phone_e164, None);
+    assert_eq!(erased.attributes, json!({}));
+    assert!(erased.erased_at.is_some());
+    assert_eq!(tx.customers().find_by_phone(&phone).await.unwrap(), None);
+    assert!(matches!(
+        tx.wa_sessions().get("wa-ada").await,
+        Err(Error::NotFound)
+    ));
+    // Final: again is a replay, and no status change brings it back.
+    assert_eq!(tx.customers().erase(ada).await.unwrap(), erased);
+    tx.commit().await.unwrap();
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    assert!(matches!(
+        tx.customers()
+            .update_status(ada, CustomerStatus::Active)
+            .await,
+        Err(Error::CheckViolation { .. })
+    ));
+    drop(tx);
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    assert!(matches!(
+        tx.customers()
+            .update_status(bo, CustomerStatus::Erased)
+            .await,
+        Err(Error::CheckViolation { .. })
+    ));
+    drop(tx);
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    assert!(matches!(
+        tx.customers().erase(CustomerId::new()).await,
+        Err(Error::NotFound)
+    ));
+    // The number is free for someone new.
+    tx.customers()
+        .create(NewCustomer::new(phone))
+        .await
+        .unwrap();
+    let audited: Vec<_> = tx
+        .audit_logs()
+        .list(
+            TimeRange::new(Utc::now() - Duration::hours(1), Utc::now()).unwrap(),
+            KeysetPage::first(10),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|entry| entry.action == "customer.erased")
+        .collect();
+    assert_eq!(audited.len(), 1, "one erasure, audited once");
+    assert_eq!(audited[0].resource_id, Some(ada.0));
+    assert_eq!(audited[0].actor_type, "api");
+    tx.commit().await.unwrap();
+    // The money history stays, and balances.
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    let kept = tx
+        .issuances()
+        .find_by_key("before-erasure")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.customer_id, ada);
+    tx.commit().await.unwrap();
+    crate::support::assert_books_balance(store, p.tenant).await;
+    assert!(matches!(
+        crate::support::issue(store, &p, ada, "after-erasure").await,
+        Err(Error::Refused(Refusal::CustomerInactive {
+            status: CustomerStatus::Erased
+        }))
+    ));
+}
+
+#[tokio::test]
+async fn staff_users_are_disabled_with_audit() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let (a, _) = two_tenants(store).await;
+    let mut tx = store.tenant(a).await.unwrap();
+    let ada = tx
+        .staff_users()
+        .create(staff("ada@example.com", StaffRole::Staff))
+        .await
+        .unwrap();
+    let off = tx
+        .staff_users()
+        .set_status(ada.id, StaffStatus::Disabled)
+        .await
+        .unwrap();
+    assert_eq!(off.status, StaffStatus::Disabled);
+    let on = tx
+        .staff_users()
+        .set_status(ada.id, StaffStatus::Active)
+        .await
+        .unwrap();
+    assert_eq!(on.status, StaffStatus::Active);
+    let actions: Vec<_> = tx
+        .audit_logs()
+        .list(
+            TimeRange::new(Utc::now() - Duration::hours(1), Utc::now()).unwrap(),
+            KeysetPage::first(10),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.action)
+        .collect();
+    assert_eq!(actions, ["staff.enabled", "staff.disabled"]);
+    assert!(matches!(
+        tx.staff_users()
+            .set_status(StaffUserId::new(), StaffStatus::Disabled)
+            .await,
+        Err(Error::NotFound)
+    ));
+}
+
+#[tokio::test]
 async fn consents_keep_history_and_the_latest_wins() {
     let db = TestDb::new().await;
     let store = db.store();
@@ -394,11 +595,12 @@ mod fake {
             let customer = Customer {
                 tenant_id: TenantId::new(),
                 id: CustomerId::new(),
-                phone_e164: new.phone_e164,
+                phone_e164: Some(new.phone_e164),
                 status: CustomerStatus::Active,
                 attributes: new.attributes,
                 created_at: Utc::now(),
                 updated_at: Utc::now(),
+                erased_at: None,
             };
             self.0.insert(customer.id, customer.clone());
             Ok(customer)
@@ -407,7 +609,32 @@ mod fake {
             self.0.get(&id).cloned().ok_or(Error::NotFound)
         }
         async fn find_by_phone(&mut self, phone: &str) -> Result<Option<Customer>> {
-            Ok(self.0.values().find(|c| c.phone_e164 == phone).cloned())
+            Ok(self
+                .0
+                .values()
+                .find(|c| c.phone_e164.as_deref() == Some(phone))
+                .cloned())
+        }
+        async fn list(&mut self, page: KeysetPage<CustomerId>) -> Result<Vec<Customer>> {
+            let mut all: Vec<Customer> = self.0.values().cloned().collect();
+            all.sort_by_key(|c| std::cmp::Reverse((c.created_at, c.id)));
+            Ok(all.into_iter().take(page.limit as usize).collect())
+        }
+        async fn update_attributes(
+            &mut self,
+            id: CustomerId,
+            attributes: serde_json::Value,
+        ) -> Result<Customer> {
+            let customer = self.0.get_mut(&id).ok_or(Error::NotFound)?;
+            customer.attributes = attributes;
+            Ok(customer.clone())
+        }
+        async fn erase(&mut self, id: CustomerId) -> Result<Customer> {
+            let customer = self.0.get_mut(&id).ok_or(Error::NotFound)?;
+            customer.phone_e164 = None;
+            customer.status = CustomerStatus::Erased;
+            customer.erased_at.get_or_insert_with(Utc::now);
+            Ok(customer.clone())
         }
         async fn update_status(
             &mut self,
