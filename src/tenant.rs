@@ -212,6 +212,55 @@ impl TenantConn {
             .expect("a live guard always holds its connection")
     }
 
+    /// Runs `work` in a nested unit of the guard's transaction (a
+    /// savepoint). If `work` returns an error, everything it did is undone
+    /// and the guard stays usable, so a refusal in one step (an issuance
+    /// refused by a limit, say) does not lose what the guard did before it; if it returns `Ok`, its work joins the guard's, to be
+    /// committed or rolled back with it. Savepoints nest.
+    ///
+    /// ```no_run
+    /// # use loyalty_store::prelude::*;
+    /// # async fn demo(store: Store, tenant: TenantId, event: NewEvent, issue: NewIssuance)
+    /// # -> loyalty_store::Result<()> {
+    /// let mut tx = store.tenant(tenant).await?;
+    /// tx.events().ingest(event).await?;
+    /// let reward = tx
+    ///     .savepoint(async |tx| tx.issuances().issue(issue).await)
+    ///     .await;
+    /// if let Err(Error::Refused(why)) = &reward {
+    ///     eprintln!("no reward this time ({why}); the event is kept");
+    /// }
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// The money path's commit-time checks (a single issuance's budget
+    /// reservation and global limit) run at the guard's commit, not at the
+    /// savepoint's end, so those refusals still end the whole guard.
+    pub async fn savepoint<R, F>(&mut self, work: F) -> Result<R>
+    where
+        F: AsyncFnOnce(&mut TenantConn) -> Result<R>,
+    {
+        AnsiTransactionManager::begin_transaction(self.db()).await?;
+        let outcome = work(self).await;
+        let conn = self.db();
+        if ConnectionEvents::abandoned(conn) {
+            // A statement of `work` was dropped mid-flight; the guard ends
+            // at commit or drop, which discards the connection.
+            return outcome;
+        }
+        match outcome {
+            Ok(value) => {
+                AnsiTransactionManager::commit_transaction(conn).await?;
+                Ok(value)
+            }
+            Err(err) => {
+                AnsiTransactionManager::rollback_transaction(conn).await?;
+                Err(err)
+            }
+        }
+    }
+
     /// The session reset to send after the guard's transaction ends, if the
     /// caller's own SQL may have run (the crate's own leaves nothing).
     /// Whether the database has Citus (see [`SessionSql::commit_probe`]).

@@ -16,6 +16,7 @@ mod money;
 mod ops;
 mod platform;
 mod repo;
+mod savepoint;
 mod session;
 mod shards;
 mod spans;
