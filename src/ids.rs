@@ -107,6 +107,8 @@ typed_id! {
     WaSessionId;
     /// A row of `audit_logs`.
     AuditLogId;
+    /// A row of `outbox_messages`.
+    OutboxMessageId;
 }
 
 #[cfg(test)]

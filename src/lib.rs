@@ -77,7 +77,10 @@ pub mod prelude {
     pub use crate::repo::consents::{Channel, ConsentRepository, NewConsent, Purpose};
     pub use crate::repo::customers::{CustomerRepository, CustomerStatus, NewCustomer};
     pub use crate::repo::events::{EventRepository, NewEvent};
-    pub use crate::repo::issuances::{IssuanceRepository, IssuanceStatus, NewBatch, NewIssuance};
+    pub use crate::repo::issuances::{
+        IssuanceRepository, IssuanceStatus, NewBatch, NewIssuance, TillRedemption,
+    };
+    pub use crate::repo::outbox::{NewMessage, OutboxRepository};
     pub use crate::repo::rewards::{NewReward, RewardRepository, RewardStatus, RewardType};
     pub use crate::repo::rules::{NewRule, Rule, RuleRepository};
     pub use crate::repo::staff_users::{NewStaffUser, StaffRole, StaffUserRepository};

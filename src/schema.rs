@@ -123,6 +123,21 @@ diesel::table! {
 }
 
 diesel::table! {
+    outbox_messages (tenant_id, id) {
+        tenant_id -> Uuid,
+        id -> Uuid,
+        topic -> Text,
+        message_key -> Text,
+        payload -> Jsonb,
+        created_at -> Timestamptz,
+        available_at -> Timestamptz,
+        attempts -> Int4,
+        delivered_at -> Nullable<Timestamptz>,
+        last_error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
     reward_catalog (tenant_id, id) {
         tenant_id -> Uuid,
         id -> Uuid,
@@ -216,6 +231,7 @@ diesel::joinable!(audit_logs -> tenants (tenant_id));
 diesel::joinable!(budgets -> tenants (tenant_id));
 diesel::joinable!(campaigns -> tenants (tenant_id));
 diesel::joinable!(customers -> tenants (tenant_id));
+diesel::joinable!(outbox_messages -> tenants (tenant_id));
 diesel::joinable!(reward_catalog -> tenants (tenant_id));
 diesel::joinable!(staff_users -> tenants (tenant_id));
 
@@ -228,6 +244,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     events,
     issuances,
     ledger_entries,
+    outbox_messages,
     reward_catalog,
     rules,
     staff_users,

@@ -14,6 +14,7 @@ pub mod consents;
 pub mod customers;
 pub mod events;
 pub mod issuances;
+pub mod outbox;
 pub mod rewards;
 pub mod rules;
 pub mod staff_users;

@@ -14,6 +14,7 @@ mod logins;
 mod migrations;
 mod money;
 mod ops;
+mod outbox;
 mod platform;
 mod repo;
 mod savepoint;
