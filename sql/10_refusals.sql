@@ -26,6 +26,10 @@ CREATE TYPE loyalty.refusal AS ENUM (
     'already_settled',
     'code_not_found',
     'already_redeemed',
+    'hold_expired',
+    'not_redeemed',
+    'already_reversed',
+    'reversal_window_closed',
     'invalid_argument'
 );
 

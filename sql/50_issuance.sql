@@ -437,8 +437,9 @@ BEGIN
     UPDATE public.issuances SET status = 'redeemed', redeemed_at = now() WHERE tenant_id = t AND id = p_id;
     UPDATE public.budgets SET reserved = reserved - i.cost_amount, spent = spent + i.cost_amount
      WHERE tenant_id = t AND id = i.budget_id;
-    INSERT INTO public.ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
-    VALUES (t, i.budget_id, 'commit', i.cost_amount, i.currency, 'issuance', p_id);
+    INSERT INTO public.ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id,
+                                       reopened)
+    VALUES (t, i.budget_id, 'commit', i.cost_amount, i.currency, 'issuance', p_id, i.reversed_at IS NOT NULL);
     RETURN loyalty.issuance_json(t, p_id, false);
 END
 $$;
@@ -500,7 +501,7 @@ BEGIN
     END IF;
     SELECT array_agg(id) INTO ended FROM (
         SELECT id FROM public.issuances
-         WHERE tenant_id = t AND id = ANY (p_ids) AND status = 'issued'
+         WHERE tenant_id = t AND id = ANY (p_ids) AND status IN ('issued', 'reserved')
          ORDER BY id
            FOR UPDATE
     ) s;
@@ -550,8 +551,9 @@ BEGIN
       FROM (SELECT budget_id, sum(cost_amount) AS total FROM public.issuances
              WHERE tenant_id = t AND id = ANY (ended) GROUP BY budget_id) s
      WHERE b.tenant_id = t AND b.id = s.budget_id;
-    INSERT INTO public.ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
-    SELECT t, budget_id, 'release', cost_amount, currency, 'issuance', id
+    INSERT INTO public.ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id,
+                                       reopened)
+    SELECT t, budget_id, 'release', cost_amount, currency, 'issuance', id, reversed_at IS NOT NULL
       FROM public.issuances WHERE tenant_id = t AND id = ANY (ended);
     RETURN cardinality(ended);
 END
@@ -589,6 +591,8 @@ CREATE FUNCTION loyalty.expire_issuances(p_tenant_id uuid, p_now timestamptz, p_
 DECLARE
     t uuid := loyalty.tenant_argument(p_tenant_id);
     due uuid[];
+    lapsed uuid[];
+    ended integer := 0;
 BEGIN
     SELECT array_agg(id) INTO due FROM (
         SELECT id FROM public.issuances
@@ -597,9 +601,126 @@ BEGIN
          LIMIT p_batch
            FOR UPDATE SKIP LOCKED
     ) s;
-    IF due IS NULL THEN
-        RETURN 0;
+    -- Holds not settled in time are voided: the checkout never completed.
+    SELECT array_agg(id) INTO lapsed FROM (
+        SELECT id FROM public.issuances
+         WHERE tenant_id = t AND status = 'reserved' AND hold_expires_at <= p_now
+         ORDER BY hold_expires_at
+         LIMIT p_batch
+           FOR UPDATE SKIP LOCKED
+    ) s;
+    IF due IS NOT NULL THEN
+        ended := loyalty.end_issuances(t, due, 'expired');
     END IF;
-    RETURN loyalty.end_issuances(t, due, 'expired');
+    IF lapsed IS NOT NULL THEN
+        ended := ended + loyalty.end_issuances(t, lapsed, 'cancelled');
+    END IF;
+    RETURN ended;
+END
+$$;
+
+-- A hold for a checkout: issued like issue_reward (same checks, limits,
+-- code and budget reservation), but 'reserved' until confirm_hold or
+-- void_hold settles it, and voided by expire_issuances once p_hold_until
+-- passes. Not redeemable until confirmed.
+CREATE FUNCTION loyalty.hold_reward(
+    p_tenant_id uuid,
+    p_id uuid,
+    p_rule_id uuid,
+    p_customer_id uuid,
+    p_idempotency_key text,
+    p_expires_at timestamptz,
+    p_hold_until timestamptz
+) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    AS $$
+DECLARE
+    t uuid := loyalty.tenant_argument(p_tenant_id);
+    issued jsonb;
+BEGIN
+    issued := loyalty.issue_reward(t, p_id, p_rule_id, p_customer_id, p_idempotency_key, p_expires_at);
+    IF (issued ->> 'replayed')::boolean THEN
+        RETURN issued;
+    END IF;
+    UPDATE public.issuances SET status = 'reserved', hold_expires_at = p_hold_until
+     WHERE tenant_id = t AND id = p_id;
+    RETURN loyalty.issuance_json(t, p_id, false);
+END
+$$;
+
+-- Settles a hold: 'confirm' makes it an issued reward, 'void' cancels it
+-- (its cost released, its code back in the pool). Settling it the same way
+-- again is a replay; a hold past its time can no longer be confirmed.
+CREATE FUNCTION loyalty.settle_hold(p_tenant_id uuid, p_id uuid, p_outcome text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    AS $$
+#variable_conflict use_column
+DECLARE
+    t uuid := loyalty.tenant_argument(p_tenant_id);
+    i public.issuances%ROWTYPE;
+BEGIN
+    IF p_outcome IS NULL OR p_outcome NOT IN ('confirm', 'void') THEN
+        PERFORM loyalty.refuse('invalid_argument', format('cannot settle a hold with %s', p_outcome),
+            jsonb_build_object('argument', 'outcome', 'reason', 'must be confirm or void'));
+    END IF;
+    PERFORM loyalty.settle_pending_reservations();
+    SELECT * INTO i FROM public.issuances WHERE tenant_id = t AND id = p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM loyalty.refuse('issuance_not_found', format('issuance %s not found', p_id));
+    ELSIF i.hold_expires_at IS NOT NULL
+          AND ((p_outcome = 'confirm' AND i.status = 'issued')
+               OR (p_outcome = 'void' AND i.status = 'cancelled')) THEN
+        RETURN loyalty.issuance_json(t, p_id, true);
+    ELSIF i.status <> 'reserved' THEN
+        PERFORM loyalty.refuse('issuance_not_issued', format('issuance %s is %s', p_id, i.status),
+            jsonb_build_object('status', i.status));
+    ELSIF p_outcome = 'confirm' AND i.hold_expires_at <= now() THEN
+        PERFORM loyalty.refuse('hold_expired', format('the hold on %s lapsed at %s', p_id, i.hold_expires_at));
+    END IF;
+    IF p_outcome = 'confirm' THEN
+        UPDATE public.issuances SET status = 'issued' WHERE tenant_id = t AND id = p_id;
+    ELSE
+        PERFORM loyalty.end_issuances(t, ARRAY[p_id], 'cancelled');
+    END IF;
+    RETURN loyalty.issuance_json(t, p_id, false);
+END
+$$;
+
+-- Undoes a redemption within p_window of it (a refund, a mistaken scan):
+-- the issuance is issued again, its cost moves back from spent to reserved,
+-- booked as a 'reversal' entry. Once per issuance; reversing the same
+-- redemption again is a replay.
+CREATE FUNCTION loyalty.reverse_redemption(p_tenant_id uuid, p_id uuid, p_window interval) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    AS $$
+#variable_conflict use_column
+DECLARE
+    t uuid := loyalty.tenant_argument(p_tenant_id);
+    i public.issuances%ROWTYPE;
+BEGIN
+    PERFORM loyalty.settle_pending_reservations();
+    SELECT * INTO i FROM public.issuances WHERE tenant_id = t AND id = p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM loyalty.refuse('issuance_not_found', format('issuance %s not found', p_id));
+    ELSIF i.status = 'issued' AND i.reversed_at IS NOT NULL THEN
+        RETURN loyalty.issuance_json(t, p_id, true);
+    ELSIF i.status <> 'redeemed' THEN
+        PERFORM loyalty.refuse('not_redeemed', format('issuance %s is %s', p_id, i.status),
+            jsonb_build_object('status', i.status));
+    ELSIF i.reversed_at IS NOT NULL THEN
+        PERFORM loyalty.refuse('already_reversed',
+            format('a redemption of issuance %s was reversed at %s', p_id, i.reversed_at));
+    ELSIF i.redeemed_at + p_window < now() THEN
+        PERFORM loyalty.refuse('reversal_window_closed',
+            format('issuance %s was redeemed at %s, before the window', p_id, i.redeemed_at),
+            jsonb_build_object('redeemed_at', i.redeemed_at));
+    END IF;
+    UPDATE public.issuances SET status = 'issued', redeemed_at = NULL, reversed_at = now()
+     WHERE tenant_id = t AND id = p_id;
+    UPDATE public.budgets SET spent = spent - i.cost_amount, reserved = reserved + i.cost_amount
+     WHERE tenant_id = t AND id = i.budget_id;
+    INSERT INTO public.ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id)
+    VALUES (t, i.budget_id, 'reversal', i.cost_amount, i.currency, 'issuance', p_id);
+    RETURN loyalty.issuance_json(t, p_id, false);
 END
 $$;

@@ -78,7 +78,7 @@ pub mod prelude {
     pub use crate::repo::customers::{CustomerRepository, CustomerStatus, NewCustomer};
     pub use crate::repo::events::{EventRepository, NewEvent};
     pub use crate::repo::issuances::{
-        IssuanceRepository, IssuanceStatus, NewBatch, NewIssuance, TillRedemption,
+        IssuanceRepository, IssuanceStatus, NewBatch, NewHold, NewIssuance, TillRedemption,
     };
     pub use crate::repo::outbox::{NewMessage, OutboxRepository};
     pub use crate::repo::rewards::{NewReward, RewardRepository, RewardStatus, RewardType};

@@ -152,6 +152,20 @@ refusals! {
     /// The voucher was redeemed before: a second scan at a till.
     #[error("voucher already redeemed")]
     AlreadyRedeemed => "already_redeemed",
+    /// The hold lapsed before it was confirmed (it is voided by the next
+    /// expiry sweep, or by `void_hold`).
+    #[error("the hold has lapsed")]
+    HoldExpired => "hold_expired",
+    /// Only a redeemed issuance's redemption can be reversed.
+    #[error("issuance is {status}, not redeemed")]
+    NotRedeemed { status: IssuanceStatus } => "not_redeemed",
+    /// The issuance's redemption was reversed once already; a reversal
+    /// happens once per issuance.
+    #[error("a redemption of this issuance was reversed before")]
+    AlreadyReversed => "already_reversed",
+    /// The redemption is older than the reversal window allows.
+    #[error("redeemed at {redeemed_at}, outside the reversal window")]
+    ReversalWindowClosed { redeemed_at: chrono::DateTime<chrono::Utc> } => "reversal_window_closed",
     /// An SQL function refused an argument. The crate validates its input
     /// before calling, so this comes from SQL sent directly.
     #[error("invalid {argument}: {reason}")]
@@ -189,7 +203,8 @@ mod tests {
                 "currency_mismatch" => r#","reward":"USD","budget":"EUR""#,
                 "customer_inactive" => r#","status":"blocked""#,
                 "limit_reached" => r#","scope":"global""#,
-                "issuance_not_issued" => r#","status":"redeemed""#,
+                "issuance_not_issued" | "not_redeemed" => r#","status":"redeemed""#,
+                "reversal_window_closed" => r#","redeemed_at":"2026-12-03T07:00:00.123456+00:00""#,
                 "invalid_argument" => r#","argument":"amount","reason":"must be positive""#,
                 _ => "",
             };

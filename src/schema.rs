@@ -104,6 +104,8 @@ diesel::table! {
         redeemed_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        hold_expires_at -> Nullable<Timestamptz>,
+        reversed_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -119,6 +121,7 @@ diesel::table! {
         ref_id -> Uuid,
         batch_id -> Nullable<Uuid>,
         created_at -> Timestamptz,
+        reopened -> Bool,
     }
 }
 

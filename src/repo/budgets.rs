@@ -34,6 +34,8 @@ text_enum! {
         Commit => "commit",
         /// Raised `hard_cap`.
         Topup => "topup",
+        /// Undid a redemption: moved `amount` from `spent` back to `reserved`.
+        Reversal => "reversal",
     }
 }
 
@@ -75,6 +77,9 @@ pub struct LedgerEntry {
     /// their whole cost at once.
     pub batch_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
+    /// Set on a settlement (commit or release) of an issuance whose
+    /// redemption was reversed: the second settlement of its reservation.
+    pub reopened: bool,
 }
 
 /// Input for [`BudgetRepository::create`]. The hard cap is booked as the
@@ -382,10 +387,11 @@ impl BudgetRepository for Budgets<'_> {
                LEFT JOIN ( \
                    SELECT budget_id, \
                           sum(amount) FILTER (WHERE entry_type = 'topup') AS topped_up, \
-                          coalesce(sum(amount) FILTER (WHERE entry_type = 'reserve'), 0) \
+                          coalesce(sum(amount) FILTER (WHERE entry_type IN ('reserve', 'reversal')), 0) \
                             - coalesce(sum(amount) FILTER (WHERE entry_type IN ('release', 'commit')), 0) \
                             AS reserved, \
-                          sum(amount) FILTER (WHERE entry_type = 'commit') AS spent \
+                          coalesce(sum(amount) FILTER (WHERE entry_type = 'commit'), 0) \
+                            - coalesce(sum(amount) FILTER (WHERE entry_type = 'reversal'), 0) AS spent \
                      FROM ledger_entries WHERE tenant_id = $1 GROUP BY budget_id) l \
                  ON l.budget_id = b.id \
               WHERE b.tenant_id = $1 \

@@ -21,13 +21,17 @@
 //! nothing of the guard's work is kept. See `docs/money-path.md`.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use bigdecimal::BigDecimal;
 use chrono::{DateTime, Utc};
+use diesel::data_types::PgInterval;
 use diesel::deserialize::FromSql;
 use diesel::pg::{Pg, PgValue};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{
+    Array, Integer, Interval, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+};
 use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +70,11 @@ pub struct Issuance {
     pub redeemed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Set on a hold ([`IssuanceRepository::hold`]): when it lapses unless
+    /// confirmed.
+    pub hold_expires_at: Option<DateTime<Utc>>,
+    /// When its redemption was reversed, if it was.
+    pub reversed_at: Option<DateTime<Utc>>,
 }
 
 /// An issuance as a money-path call left it.
@@ -78,6 +87,14 @@ pub struct Issued {
     /// True when this call found the work already done (same idempotency
     /// key, or redeeming/cancelling twice) and changed nothing.
     pub replayed: bool,
+}
+
+/// Input for [`IssuanceRepository::hold`]: an issuance held for `hold_for`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewHold {
+    pub issuance: NewIssuance,
+    /// How long the hold lasts unless confirmed or voided: 1 second to 1 day.
+    pub hold_for: std::time::Duration,
 }
 
 /// What [`IssuanceRepository::redeem_code`] redeemed, and for whom.
@@ -200,12 +217,42 @@ pub trait IssuanceRepository {
     /// [`Refusal::IssuanceExpired`] for an expired voucher (swept or not),
     /// and [`Refusal::IssuanceNotIssued`] for a cancelled one or a hold.
     fn redeem_code(&mut self, code: &str) -> impl Future<Output = Result<TillRedemption>> + Send;
+    /// Holds a reward for a checkout: issued with every check, limit, code
+    /// and budget reservation of [`issue`](Self::issue), but `Reserved`
+    /// (not redeemable) until [`confirm_hold`](Self::confirm_hold) or
+    /// [`void_hold`](Self::void_hold) settles it. A hold not settled within
+    /// `hold_for` is voided by [`expire_due`](Self::expire_due). Replays
+    /// like `issue`.
+    fn hold(&mut self, new: NewHold) -> impl Future<Output = Result<Issued>> + Send;
+    /// Confirms a hold: the reward is issued. Confirming again is a replay;
+    /// a lapsed hold is refused with [`Refusal::HoldExpired`], a voided one
+    /// with [`Refusal::IssuanceNotIssued`].
+    fn confirm_hold(&mut self, id: IssuanceId) -> impl Future<Output = Result<Issued>> + Send;
+    /// Voids a hold: cancelled, its cost released, its code back in the
+    /// pool. Voiding again is a replay; a confirmed hold is refused with
+    /// [`Refusal::IssuanceNotIssued`] (cancel it instead).
+    fn void_hold(&mut self, id: IssuanceId) -> impl Future<Output = Result<Issued>> + Send;
+    /// Reverses a redemption made within `window` (a refund, a mistaken
+    /// scan): the issuance is issued again and its cost moves from spent
+    /// back to reserved, booked as a [`EntryType::Reversal`] ledger entry;
+    /// it can then be redeemed, cancelled or expire as before. Once per
+    /// issuance ([`Refusal::AlreadyReversed`]); reversing again right away
+    /// is a replay. Refused with [`Refusal::NotRedeemed`] or
+    /// [`Refusal::ReversalWindowClosed`].
+    ///
+    /// [`EntryType::Reversal`]: crate::repo::budgets::EntryType::Reversal
+    fn reverse_redemption(
+        &mut self,
+        id: IssuanceId,
+        window: std::time::Duration,
+    ) -> impl Future<Output = Result<Issued>> + Send;
     /// Cancels an issued reward: releases its cost, stops it counting towards
     /// limits, and puts an undelivered voucher code back in the pool.
     fn cancel(&mut self, id: IssuanceId) -> impl Future<Output = Result<Issued>> + Send;
     /// Expires up to `batch` issued rewards whose `expires_at` is at or
-    /// before `now`, releasing their cost. Returns how many; call again
-    /// until it returns 0.
+    /// before `now`, and voids up to `batch` holds that lapsed by `now`,
+    /// releasing their cost. Returns how many; call again until it
+    /// returns 0.
     fn expire_due(
         &mut self,
         now: DateTime<Utc>,
@@ -262,6 +309,19 @@ diesel::define_sql_function! {
     fn redeem_code(tenant_id: SqlUuid, code: Text) -> Jsonb;
 }
 diesel::define_sql_function! {
+    #[sql_name = "loyalty.hold_reward"]
+    fn hold_reward(tenant_id: SqlUuid, id: SqlUuid, rule_id: SqlUuid, customer_id: SqlUuid, key: Text,
+                   expires_at: Nullable<Timestamptz>, hold_until: Timestamptz) -> Jsonb;
+}
+diesel::define_sql_function! {
+    #[sql_name = "loyalty.settle_hold"]
+    fn settle_hold(tenant_id: SqlUuid, id: SqlUuid, outcome: Text) -> Jsonb;
+}
+diesel::define_sql_function! {
+    #[sql_name = "loyalty.reverse_redemption"]
+    fn reverse_redemption(tenant_id: SqlUuid, id: SqlUuid, window: Interval) -> Jsonb;
+}
+diesel::define_sql_function! {
     #[sql_name = "loyalty.cancel_issuance"]
     fn cancel_issuance(tenant_id: SqlUuid, id: SqlUuid) -> Jsonb;
 }
@@ -291,6 +351,9 @@ impl<T: serde::de::DeserializeOwned> Queryable<Jsonb, Pg> for JsonAnswer<T> {
         Ok(row)
     }
 }
+
+/// The longest reversal window: ten years.
+const MAX_WINDOW_MICROS: i64 = 10 * 366 * 86_400 * 1_000_000;
 
 fn validate_key(key: &str) -> Result<()> {
     validate::text("idempotency_key", key, 1, 200)
@@ -437,6 +500,62 @@ impl IssuanceRepository for Issuances<'_> {
             .get_result(self.0.db())
             .await?;
         Ok(redeemed)
+    }
+
+    #[tracing::instrument(name = "loyalty.issuances.hold", skip_all, fields(tenant_id = %self.0.tenant_id()))]
+    async fn hold(&mut self, new: NewHold) -> Result<Issued> {
+        let NewHold { issuance, hold_for } = new;
+        validate_key(&issuance.idempotency_key)?;
+        validate_expiry(issuance.expires_at)?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&hold_for) {
+            return Err(Error::invalid("hold_for", "must be 1 second to 1 day"));
+        }
+        let hold_until = Utc::now()
+            + chrono::Duration::from_std(hold_for).expect("at most a day fits a chrono duration");
+        let JsonAnswer(held) = diesel::select(hold_reward(
+            self.0.tenant_id(),
+            IssuanceId::new(),
+            issuance.rule_id,
+            issuance.customer_id,
+            issuance.idempotency_key,
+            issuance.expires_at,
+            hold_until,
+        ))
+        .get_result(self.0.db())
+        .await
+        .map_err(expiry_before_issue)?;
+        Ok(held)
+    }
+
+    #[tracing::instrument(name = "loyalty.issuances.confirm_hold", skip_all, fields(tenant_id = %self.0.tenant_id()))]
+    async fn confirm_hold(&mut self, id: IssuanceId) -> Result<Issued> {
+        let JsonAnswer(confirmed) = diesel::select(settle_hold(self.0.tenant_id(), id, "confirm"))
+            .get_result(self.0.db())
+            .await?;
+        Ok(confirmed)
+    }
+
+    #[tracing::instrument(name = "loyalty.issuances.void_hold", skip_all, fields(tenant_id = %self.0.tenant_id()))]
+    async fn void_hold(&mut self, id: IssuanceId) -> Result<Issued> {
+        let JsonAnswer(voided) = diesel::select(settle_hold(self.0.tenant_id(), id, "void"))
+            .get_result(self.0.db())
+            .await?;
+        Ok(voided)
+    }
+
+    #[tracing::instrument(name = "loyalty.issuances.reverse_redemption", skip_all, fields(tenant_id = %self.0.tenant_id()))]
+    async fn reverse_redemption(&mut self, id: IssuanceId, window: Duration) -> Result<Issued> {
+        let window = PgInterval::from_microseconds(
+            i64::try_from(window.as_micros())
+                .ok()
+                .filter(|us| *us <= MAX_WINDOW_MICROS)
+                .ok_or_else(|| Error::invalid("window", "must be at most 10 years"))?,
+        );
+        let JsonAnswer(reversed) =
+            diesel::select(reverse_redemption(self.0.tenant_id(), id, window))
+                .get_result(self.0.db())
+                .await?;
+        Ok(reversed)
     }
 
     #[tracing::instrument(name = "loyalty.issuances.cancel", skip_all, fields(tenant_id = %self.0.tenant_id()))]

@@ -212,7 +212,7 @@ async fn every_tenant_owned_table_forces_rls_with_one_checked_policy() {
     .unwrap();
     assert!(all_forced);
     let covered: bool = diesel::select(sql::<Bool>(
-        "(SELECT count(DISTINCT c.oid) = 13 FROM pg_class c \
+        "(SELECT count(DISTINCT c.oid) = 14 FROM pg_class c \
             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' \
             JOIN pg_policy p ON p.polrelid = c.oid \
            WHERE c.relkind = 'r' AND c.relnamespace = 'public'::regnamespace)",
@@ -220,5 +220,5 @@ async fn every_tenant_owned_table_forces_rls_with_one_checked_policy() {
     .get_result(&mut conn)
     .await
     .unwrap();
-    assert!(covered, "all 13 tenant-owned tables carry a policy");
+    assert!(covered, "all 14 tenant-owned tables carry a policy");
 }

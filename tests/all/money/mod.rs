@@ -3,6 +3,7 @@
 
 mod batch;
 mod budgets;
+mod holds;
 mod issue;
 mod lifecycle;
 mod races;
