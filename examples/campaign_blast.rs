@@ -81,8 +81,11 @@ async fn main() -> Result<()> {
         .await?;
     tx.conn()
         .batch_execute(&format!(
+            // ON CONFLICT also keeps Citus from routing the rows through
+            // COPY, which row-level security refuses (docs/citus.md).
             "INSERT INTO customers (tenant_id, phone_e164) \
-             SELECT '{}', '+1777' || lpad(g::text, 7, '0') FROM generate_series(1, {audience}) g",
+             SELECT '{}', '+1777' || lpad(g::text, 7, '0') FROM generate_series(1, {audience}) g \
+             ON CONFLICT (tenant_id, phone_e164) DO NOTHING",
             shop.id
         ))
         .await?;

@@ -270,6 +270,10 @@ DECLARE
     refused boolean;
     wanted integer;
     inserted integer;
+    written integer;
+    lo integer;
+    hi integer;
+    write_chunk constant integer := 25;
 BEGIN
     IF cardinality(p_customer_ids) IS DISTINCT FROM cardinality(p_idempotency_keys)
        OR cardinality(p_customer_ids) IS DISTINCT FROM cardinality(p_ids) THEN
@@ -353,18 +357,25 @@ BEGIN
           FROM unnest(p_customer_ids, p_idempotency_keys, p_ids, verdicts) WITH ORDINALITY
                AS x(customer_id, idempotency_key, id, verdict, n)
          WHERE x.verdict = 'issue';
-        -- Each write is one multi-row INSERT ... VALUES whose row k reads
-        -- element k of the argument arrays: Citus routes that to the
-        -- tenant's shard, where an INSERT ... SELECT from the arrays would
-        -- go through COPY, which row-level security refuses (docs/citus.md).
-        EXECUTE 'INSERT INTO public.issuances (tenant_id, id, campaign_id, rule_id, customer_id, reward_id,
-                     budget_id, voucher_code_id, status, cost_amount, currency, idempotency_key, expires_at)
-                 VALUES ' || loyalty.numbered_rows(
-                     '($1, $2[k], $3, $4, $5[k], $6, $7, $8[k], ''issued'', $9, $10, $11[k], $12)', wanted)
-             || ' ON CONFLICT (tenant_id, idempotency_key) DO NOTHING'
-            USING t, new_ids, r.campaign_id, p_rule_id, new_customers, r.reward_id,
-                  r.budget_id, code_ids, r.cost_amount, r.currency, new_keys, p_expires_at;
-        GET DIAGNOSTICS inserted = ROW_COUNT;
+        -- The writes are multi-row INSERT ... VALUES whose row k reads
+        -- element k of slices of the argument arrays: Citus routes each to
+        -- the tenant's shard, where an INSERT ... SELECT from the arrays
+        -- would go through COPY, which row-level security refuses
+        -- (docs/citus.md). Citus copies the whole array into every row that
+        -- reads it, so a statement takes a slice of write_chunk rows.
+        inserted := 0;
+        FOR lo IN 1..wanted BY write_chunk LOOP
+            hi := least(lo + write_chunk - 1, wanted);
+            EXECUTE 'INSERT INTO public.issuances (tenant_id, id, campaign_id, rule_id, customer_id, reward_id,
+                         budget_id, voucher_code_id, status, cost_amount, currency, idempotency_key, expires_at)
+                     VALUES ' || loyalty.numbered_rows(
+                         '($1, $2[k], $3, $4, $5[k], $6, $7, $8[k], ''issued'', $9, $10, $11[k], $12)', hi - lo + 1)
+                 || ' ON CONFLICT (tenant_id, idempotency_key) DO NOTHING'
+                USING t, new_ids[lo:hi], r.campaign_id, p_rule_id, new_customers[lo:hi], r.reward_id,
+                      r.budget_id, code_ids[lo:hi], r.cost_amount, r.currency, new_keys[lo:hi], p_expires_at;
+            GET DIAGNOSTICS written = ROW_COUNT;
+            inserted := inserted + written;
+        END LOOP;
         IF inserted < wanted THEN
             RAISE EXCEPTION 'a concurrent call issued some of these idempotency keys; retry the batch'
                 USING ERRCODE = '40001';
@@ -374,10 +385,14 @@ BEGIN
               FROM unnest(code_ids, new_ids) AS claim(code_id, issuance_id)
              WHERE v.tenant_id = t AND v.id = claim.code_id;
         END IF;
-        EXECUTE 'INSERT INTO public.ledger_entries (tenant_id, budget_id, entry_type, amount, currency,
-                                                    ref_type, ref_id, batch_id)
-                 VALUES ' || loyalty.numbered_rows('($1, $2, ''reserve'', $3, $4, ''issuance'', $5[k], $6)', wanted)
-            USING t, r.budget_id, r.cost_amount, r.currency, new_ids, batch;
+        FOR lo IN 1..wanted BY write_chunk LOOP
+            hi := least(lo + write_chunk - 1, wanted);
+            EXECUTE 'INSERT INTO public.ledger_entries (tenant_id, budget_id, entry_type, amount, currency,
+                                                        ref_type, ref_id, batch_id)
+                     VALUES ' || loyalty.numbered_rows(
+                         '($1, $2, ''reserve'', $3, $4, ''issuance'', $5[k], $6)', hi - lo + 1)
+                USING t, r.budget_id, r.cost_amount, r.currency, new_ids[lo:hi], batch;
+        END LOOP;
 
         IF r.global_limit IS NOT NULL THEN
             UPDATE public.rules SET issued_count = issued_count + wanted

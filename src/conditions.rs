@@ -27,7 +27,7 @@ use crate::validate::MAX_JSON_DEPTH;
 ///         {"path": "day", "op": "in", "value": ["sat", "sun"]},
 ///     ]})
 /// );
-/// assert_eq!(Condition::parse(&json!({})).unwrap(), Condition::Always);
+/// assert_eq!(Condition::parse(&json!({})).unwrap(), Condition::Always {});
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged, deny_unknown_fields)]

@@ -15,6 +15,7 @@ use crate::repo::campaigns::CampaignStatus;
 use crate::repo::rewards::RewardType;
 use crate::repo::staff_users::StaffRole;
 use crate::repo::tenants::{NewTenant, TenantRepository};
+use crate::repo::voucher_codes::VoucherCodeRepository;
 use crate::schema::{budgets, campaigns, customers, reward_catalog, rules, staff_users};
 use crate::store::Store;
 
@@ -37,6 +38,7 @@ pub struct DemoSummary {
     pub budgets: usize,
     pub campaigns: usize,
     pub rules: usize,
+    pub voucher_codes: usize,
 }
 
 impl DemoSummary {
@@ -49,11 +51,14 @@ impl DemoSummary {
             + self.budgets
             + self.campaigns
             + self.rules
+            + self.voucher_codes
     }
 }
 
 /// Creates the demo tenant with staff in all four roles, customers, catalog
-/// items, a budget, campaigns and rules, leaving any that already exist.
+/// items, a budget, two running campaigns, rules (on sign-up; on purchases
+/// of 20 or more; on weekend purchases) and voucher codes for the free
+/// coffee, leaving any that already exist. Every rule can issue.
 pub async fn seed_demo(store: &Store) -> Result<DemoSummary> {
     let mut summary = DemoSummary::default();
     let platform = store.platform();
@@ -176,7 +181,7 @@ pub async fn seed_demo(store: &Store) -> Result<DemoSummary> {
     let weekend = CampaignId(demo(402));
     let programme: Vec<_> = [
         (welcome, "Welcome offer", CampaignStatus::Active),
-        (weekend, "Weekend double treats", CampaignStatus::Draft),
+        (weekend, "Weekend double treats", CampaignStatus::Active),
     ]
     .into_iter()
     .map(|(id, name, status)| {
@@ -250,6 +255,16 @@ pub async fn seed_demo(store: &Store) -> Result<DemoSummary> {
         .execute(conn)
         .await?;
 
+    // The free coffee is a voucher with a code: enough for the demo's
+    // customers to each get theirs.
+    let codes: Vec<String> = (1..=DEMO_CODES)
+        .map(|n| format!("DEMO-COFFEE-{n:04}"))
+        .collect();
+    summary.voucher_codes = tx.voucher_codes().import(coffee, &codes).await?.inserted as usize;
+
     tx.commit().await?;
     Ok(summary)
 }
+
+/// Voucher codes the demo seeds for its free coffee.
+pub const DEMO_CODES: usize = 50;
