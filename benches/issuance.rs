@@ -17,6 +17,7 @@
 //! `BENCH_CODES` (default 1,000,000) size the runs.
 
 mod common;
+mod pgbench;
 
 use std::path::Path;
 use std::process::Command;
@@ -34,6 +35,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 
 use common::median;
+use pgbench::{Measured, pgbench, summarize};
 
 const CUSTOMERS: usize = 1000;
 const ROUNDS: usize = 5;
@@ -112,22 +114,6 @@ async fn setup(store: &Store) -> Setup {
     }
 }
 
-struct Measured {
-    per_second: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-fn summarize(mut latencies: Vec<Duration>, run: Duration) -> Measured {
-    latencies.sort();
-    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
-    Measured {
-        per_second: latencies.len() as f64 / run.as_secs_f64(),
-        p50: at(0.5),
-        p99: at(0.99),
-    }
-}
-
 async fn crate_issuances(store: &Store, s: &Setup, workers: usize, run: Duration) -> Measured {
     let mut tasks = Vec::new();
     for worker in 0..workers {
@@ -162,57 +148,17 @@ async fn crate_issuances(store: &Store, s: &Setup, workers: usize, run: Duration
 }
 
 fn pgbench_issuances(db: &TestDb, s: &Setup, clients: usize, run: Duration) -> Measured {
-    let logs = tempfile::tempdir().unwrap();
-    let prefix = logs.path().join("tx");
-    let out = Command::new(pg_tool("pgbench"))
-        .args([
-            "-n",
-            "-M",
-            "simple",
-            "-c",
-            &clients.to_string(),
-            "-j",
-            &clients.min(2).to_string(),
-        ])
-        .args([
-            "-T",
-            &run.as_secs().to_string(),
-            "-f",
-            SCRIPT,
-            "-l",
-            "--log-prefix",
-        ])
-        .arg(&prefix)
-        .args([
-            "-D",
-            &format!("tenant={}", s.tenant),
-            "-D",
-            &format!("proof={}", s.proof),
-            "-D",
-            &format!("rule={}", s.rule),
-            &db.url(),
-        ])
-        .output()
-        .expect("running pgbench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "pgbench failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // Per-transaction log lines: client, transaction, latency in µs, ...
-    let mut latencies = Vec::new();
-    for entry in std::fs::read_dir(logs.path()).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        latencies.extend(text.lines().filter_map(|line| {
-            line.split_whitespace()
-                .nth(2)?
-                .parse::<u64>()
-                .ok()
-                .map(Duration::from_micros)
-        }));
-    }
-    summarize(latencies, run)
+    pgbench(
+        db,
+        SCRIPT,
+        clients,
+        run,
+        &[
+            ("tenant", s.tenant.to_string()),
+            ("proof", s.proof.clone()),
+            ("rule", s.rule.to_string()),
+        ],
+    )
 }
 
 async fn batch_issuances(store: &Store, s: &Setup, rule: RuleId, round: usize) -> f64 {
@@ -310,7 +256,7 @@ async fn import_with_binary_copy(
         &tx,
         "INSERT INTO voucher_codes (tenant_id, id, reward_id, code) \
              SELECT $1, id, $2, code FROM staged_codes \
-             ON CONFLICT (tenant_id, reward_id, code) DO NOTHING",
+             ON CONFLICT (tenant_id, code) DO NOTHING",
         &[&tenant.0, &reward.0],
     )
     .await

@@ -84,7 +84,7 @@ cargo test -q --test all -- "${filters[@]}" "${skips[@]}"
 
 export DATABASE_URL=postgres://loyalty_test_service@127.0.0.1:5601/loyalty
 export MIGRATOR_DATABASE_URL=postgres://loyalty_test_migrator@127.0.0.1:5601/loyalty
-for example in quickstart seed_demo campaign_blast; do
+for example in quickstart seed_demo campaign_blast service_tour; do
     echo "test-citus: example $example"
     cargo run -q --example "$example" >/dev/null
 done

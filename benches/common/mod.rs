@@ -1,4 +1,4 @@
-//! What both benches need: the median of alternating rounds.
+//! What the benches share: the median of alternating rounds.
 
 /// The round whose `key` is the median. On a shared two-core machine one run
 /// of a path drifts by more than the gaps being measured, so every path runs
