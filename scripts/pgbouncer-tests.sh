@@ -74,10 +74,16 @@ logfile = $dir/pgbouncer.log
 EOF
 chown -R "$(stat -c %U "$dir")" "$dir"
 "${as_owner[@]}" "$pgbouncer" -d "$dir/pgbouncer.ini"
-for _ in $(seq 50); do
-    [ -f "$dir/pgbouncer.pid" ] && break
+# Up once it answers on its port, not once it wrote its pid file.
+for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$bouncer_port") 2>/dev/null && break
     sleep 0.1
 done
+if ! (exec 3<>"/dev/tcp/127.0.0.1/$bouncer_port") 2>/dev/null; then
+    echo "pgbouncer-tests: PgBouncer is not answering on $bouncer_port:" >&2
+    cat "$dir/pgbouncer.log" >&2 || true
+    exit 1
+fi
 
 export DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
 export LOYALTY_TEST_PGBOUNCER="127.0.0.1:$bouncer_port"

@@ -258,15 +258,29 @@ impl OutboxRepository for Outbox<'_> {
     }
 
     async fn delivered(&mut self, id: OutboxMessageId) -> Result<OutboxMessage> {
-        Ok(diesel::update(
+        let tenant = self.0.tenant_id();
+        // Two statements rather than a coalesce() around now(), which Citus
+        // refuses in an UPDATE; the second runs only for a replay.
+        let marked = diesel::update(
             outbox_messages::table
-                .filter(outbox_messages::tenant_id.eq(self.0.tenant_id()))
-                .filter(outbox_messages::id.eq(id)),
+                .filter(outbox_messages::tenant_id.eq(tenant))
+                .filter(outbox_messages::id.eq(id))
+                .filter(outbox_messages::delivered_at.is_null()),
         )
-        .set(outbox_messages::delivered_at.eq(diesel::dsl::sql("coalesce(delivered_at, now())")))
+        .set(outbox_messages::delivered_at.eq(diesel::dsl::now))
         .returning(OutboxMessage::as_returning())
         .get_result(self.0.db())
-        .await?)
+        .await
+        .optional()?;
+        match marked {
+            Some(message) => Ok(message),
+            None => Ok(outbox_messages::table
+                .filter(outbox_messages::tenant_id.eq(tenant))
+                .filter(outbox_messages::id.eq(id))
+                .select(OutboxMessage::as_select())
+                .get_result(self.0.db())
+                .await?),
+        }
     }
 
     async fn retry_later(

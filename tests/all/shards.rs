@@ -33,7 +33,7 @@ async fn every_repository_call_runs_on_one_shard() {
     let store = db.store();
     let p = CampaignFixture::builder()
         .uses_codes()
-        .voucher_codes(3)
+        .voucher_codes(6)
         .customers(2)
         .create(store)
         .await
@@ -177,6 +177,53 @@ async fn every_repository_call_runs_on_one_shard() {
         .redeem_code(third.voucher_code.as_deref().unwrap())
         .await
         .unwrap();
+    tx.issuances()
+        .reverse_redemption(third.issuance.id, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    for (key, confirm) in [("hold-1", true), ("hold-2", false)] {
+        let held = tx
+            .issuances()
+            .hold(NewHold {
+                issuance: issue_to(&p, ada, key),
+                hold_for: std::time::Duration::from_secs(60),
+            })
+            .await
+            .unwrap();
+        if confirm {
+            tx.issuances().confirm_hold(held.issuance.id).await.unwrap();
+        } else {
+            tx.issuances().void_hold(held.issuance.id).await.unwrap();
+        }
+    }
+    let message = tx
+        .outbox()
+        .enqueue(NewMessage {
+            topic: "voucher.send".into(),
+            key: "one-shard".into(),
+            payload: json!({"code": "X"}),
+        })
+        .await
+        .unwrap();
+    tx.outbox()
+        .claim(10, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    tx.outbox()
+        .retry_later(message.id, std::time::Duration::ZERO, "busy")
+        .await
+        .unwrap();
+    tx.outbox().delivered(message.id).await.unwrap();
+    tx.outbox().pending().await.unwrap();
+    tx.savepoint(async |tx| tx.customers().get(ada).await)
+        .await
+        .unwrap();
+    let leaving = tx
+        .customers()
+        .create(NewCustomer::new("+15550008888"))
+        .await
+        .unwrap();
+    tx.customers().erase(leaving.id).await.unwrap();
     tx.issuances().expire_due(now, 10).await.unwrap();
     tx.budgets().verify_ledger().await.unwrap();
 
