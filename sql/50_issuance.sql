@@ -636,8 +636,8 @@ $$;
 
 -- A hold for a checkout: issued like issue_reward (same checks, limits,
 -- code and budget reservation), but 'reserved' until confirm_hold or
--- void_hold settles it, and voided by expire_issuances once p_hold_until
--- passes. Not redeemable until confirmed.
+-- void_hold settles it, and voided by expire_issuances once p_hold_for has
+-- passed. Not redeemable until confirmed.
 CREATE FUNCTION loyalty.hold_reward(
     p_tenant_id uuid,
     p_id uuid,
@@ -645,7 +645,7 @@ CREATE FUNCTION loyalty.hold_reward(
     p_customer_id uuid,
     p_idempotency_key text,
     p_expires_at timestamptz,
-    p_hold_until timestamptz
+    p_hold_for interval
 ) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     AS $$
@@ -657,7 +657,8 @@ BEGIN
     IF (issued ->> 'replayed')::boolean THEN
         RETURN issued;
     END IF;
-    UPDATE public.issuances SET status = 'reserved', hold_expires_at = p_hold_until
+    -- The database's clock, like every other deadline of the money path.
+    UPDATE public.issuances SET status = 'reserved', hold_expires_at = now() + p_hold_for
      WHERE tenant_id = t AND id = p_id;
     RETURN loyalty.issuance_json(t, p_id, false);
 END

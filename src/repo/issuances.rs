@@ -311,7 +311,7 @@ diesel::define_sql_function! {
 diesel::define_sql_function! {
     #[sql_name = "loyalty.hold_reward"]
     fn hold_reward(tenant_id: SqlUuid, id: SqlUuid, rule_id: SqlUuid, customer_id: SqlUuid, key: Text,
-                   expires_at: Nullable<Timestamptz>, hold_until: Timestamptz) -> Jsonb;
+                   expires_at: Nullable<Timestamptz>, hold_for: Interval) -> Jsonb;
 }
 diesel::define_sql_function! {
     #[sql_name = "loyalty.settle_hold"]
@@ -510,8 +510,7 @@ impl IssuanceRepository for Issuances<'_> {
         if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&hold_for) {
             return Err(Error::invalid("hold_for", "must be 1 second to 1 day"));
         }
-        let hold_until = Utc::now()
-            + chrono::Duration::from_std(hold_for).expect("at most a day fits a chrono duration");
+        let hold_for = PgInterval::from_microseconds(hold_for.as_micros() as i64);
         let JsonAnswer(held) = diesel::select(hold_reward(
             self.0.tenant_id(),
             IssuanceId::new(),
@@ -519,7 +518,7 @@ impl IssuanceRepository for Issuances<'_> {
             issuance.customer_id,
             issuance.idempotency_key,
             issuance.expires_at,
-            hold_until,
+            hold_for,
         ))
         .get_result(self.0.db())
         .await
