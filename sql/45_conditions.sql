@@ -10,26 +10,28 @@
 --   {"path": "a.b", "op": "exists"}           present and not null
 -- A missing property meets no comparison, and a shape outside the language
 -- (which Rust refuses when a rule is created) meets nothing: a rule written
--- around the crate fails closed.
-CREATE FUNCTION loyalty.conditions_hold(p_conditions jsonb, p_properties jsonb) RETURNS boolean
+-- around the crate fails closed, nested deeper than Rust allows (p_depth)
+-- included.
+CREATE FUNCTION loyalty.conditions_hold(p_conditions jsonb, p_properties jsonb, p_depth integer DEFAULT 1)
+RETURNS boolean
     LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
     AS $$
 DECLARE
     found_value jsonb;
     wanted jsonb := p_conditions -> 'value';
 BEGIN
-    IF jsonb_typeof(p_conditions) IS DISTINCT FROM 'object' THEN
+    IF jsonb_typeof(p_conditions) IS DISTINCT FROM 'object' OR p_depth > 64 THEN
         RETURN false;
     ELSIF p_conditions = '{}' THEN
         RETURN true;
     ELSIF p_conditions ? 'all' THEN
         RETURN jsonb_typeof(p_conditions -> 'all') = 'array'
            AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_conditions -> 'all') AS c(item)
-                            WHERE NOT loyalty.conditions_hold(c.item, p_properties));
+                            WHERE NOT loyalty.conditions_hold(c.item, p_properties, p_depth + 1));
     ELSIF p_conditions ? 'any' THEN
         RETURN jsonb_typeof(p_conditions -> 'any') = 'array'
            AND EXISTS (SELECT 1 FROM jsonb_array_elements(p_conditions -> 'any') AS c(item)
-                        WHERE loyalty.conditions_hold(c.item, p_properties));
+                        WHERE loyalty.conditions_hold(c.item, p_properties, p_depth + 1));
     ELSIF jsonb_typeof(p_conditions -> 'path') IS DISTINCT FROM 'string' THEN
         RETURN false;
     END IF;

@@ -11,9 +11,11 @@ CREATE FUNCTION loyalty.issuance_json(p_tenant_id uuid, p_id uuid, p_replayed bo
     LANGUAGE plpgsql STABLE
     AS $$
 BEGIN
+    -- A hold's code stays hidden until the hold is confirmed: a voided or
+    -- lapsed hold puts it back in the pool, so it must not have been shown.
     RETURN (SELECT to_jsonb(i) || jsonb_build_object(
                        'cost_amount', i.cost_amount::text,
-                       'voucher_code', v.code,
+                       'voucher_code', CASE WHEN i.status <> 'reserved' THEN v.code END,
                        'replayed', p_replayed)
               FROM public.issuances i
               LEFT JOIN public.voucher_codes v ON v.tenant_id = i.tenant_id AND v.id = i.voucher_code_id
@@ -450,6 +452,10 @@ BEGIN
             format('issuance %s expired at %s', p_id, i.expires_at));
     END IF;
     UPDATE public.issuances SET status = 'redeemed', redeemed_at = now() WHERE tenant_id = t AND id = p_id;
+    -- A redeemed code was in the customer's hands: delivered, so neither a
+    -- reversal followed by a cancel nor anything else puts it back in the pool.
+    UPDATE public.voucher_codes SET status = 'issued', issued_at = now()
+     WHERE tenant_id = t AND id = i.voucher_code_id AND status = 'reserved';
     UPDATE public.budgets SET reserved = reserved - i.cost_amount, spent = spent + i.cost_amount
      WHERE tenant_id = t AND id = i.budget_id;
     INSERT INTO public.ledger_entries (tenant_id, budget_id, entry_type, amount, currency, ref_type, ref_id,
@@ -607,7 +613,6 @@ DECLARE
     t uuid := loyalty.tenant_argument(p_tenant_id);
     due uuid[];
     lapsed uuid[];
-    ended integer := 0;
 BEGIN
     SELECT array_agg(id) INTO due FROM (
         SELECT id FROM public.issuances
@@ -616,21 +621,25 @@ BEGIN
          LIMIT p_batch
            FOR UPDATE SKIP LOCKED
     ) s;
+    -- One end_issuances per call: a second would lock codes and rules after
+    -- the first locked budgets, against the lock order. The caller calls
+    -- again until nothing is left.
+    IF due IS NOT NULL THEN
+        RETURN loyalty.end_issuances(t, due, 'expired');
+    END IF;
     -- Holds not settled in time are voided: the checkout never completed.
+    -- By the database's clock, the one confirm_hold judges them by.
     SELECT array_agg(id) INTO lapsed FROM (
         SELECT id FROM public.issuances
-         WHERE tenant_id = t AND status = 'reserved' AND hold_expires_at <= p_now
+         WHERE tenant_id = t AND status = 'reserved' AND hold_expires_at <= least(p_now, now())
          ORDER BY hold_expires_at
          LIMIT p_batch
            FOR UPDATE SKIP LOCKED
     ) s;
-    IF due IS NOT NULL THEN
-        ended := loyalty.end_issuances(t, due, 'expired');
-    END IF;
     IF lapsed IS NOT NULL THEN
-        ended := ended + loyalty.end_issuances(t, lapsed, 'cancelled');
+        RETURN loyalty.end_issuances(t, lapsed, 'cancelled');
     END IF;
-    RETURN ended;
+    RETURN 0;
 END
 $$;
 

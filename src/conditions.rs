@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::validate::MAX_JSON_DEPTH;
+use crate::validate::{self, MAX_JSON_DEPTH};
 
 /// A rule's condition over an event's properties. It serializes to the JSON
 /// stored in `rules.conditions`; [`Condition::Always`] is `{}`.
@@ -119,6 +119,8 @@ impl Condition {
     /// comparison's value, and the paths. Anything else is
     /// [`Error::InvalidInput`] on `conditions`, saying what is wrong.
     pub fn parse(json: &Value) -> Result<Condition> {
+        // Checked first, iteratively: deserializing recurses once per level.
+        validate::json_object("conditions", json)?;
         let condition: Condition = serde_json::from_value(json.clone())
             .map_err(|e| invalid(format!("not a condition ({e}); see docs/conditions.md")))?;
         condition.check(1)?;

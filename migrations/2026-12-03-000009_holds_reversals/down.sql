@@ -10,7 +10,6 @@ ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_entry_type_check;
 ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_entry_type_check
     CHECK (entry_type IN ('reserve', 'release', 'commit', 'topup'));
 
-ALTER TABLE issuances DROP CONSTRAINT issuances_reversed_before_redeemed_again;
 ALTER TABLE issuances DROP COLUMN reversed_at;
 DROP INDEX issuances_hold_expires_idx;
 ALTER TABLE issuances DROP CONSTRAINT issuances_held_until_a_time;

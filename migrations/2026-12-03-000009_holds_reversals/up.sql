@@ -14,8 +14,6 @@ CREATE INDEX issuances_hold_expires_idx ON issuances (tenant_id, hold_expires_at
 -- those second entries are marked `reopened`, so each settlement of each
 -- opening is still booked at most once.
 ALTER TABLE issuances ADD COLUMN reversed_at timestamptz;
-ALTER TABLE issuances ADD CONSTRAINT issuances_reversed_before_redeemed_again
-    CHECK (reversed_at IS NULL OR redeemed_at IS NULL OR redeemed_at >= reversed_at);
 
 ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_entry_type_check;
 ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_entry_type_check

@@ -84,11 +84,11 @@ pub trait CustomerRepository {
     ) -> impl Future<Output = Result<Customer>> + Send;
     /// Removes the customer's personal data: the phone number (so the
     /// customer can no longer be found by it), the attributes, and the
-    /// WhatsApp sessions, which hold the number too. The row stays, as do
+    /// WhatsApp sessions of the customer or the number. The row stays, as do
     /// its issuances, ledger entries and consent history, which hold no
     /// personal data, so the books still balance. Audited as
     /// `customer.erased`. Final: erasing again returns the row unchanged,
-    /// and no status change can undo it. An erased customer cannot be
+    /// and no update, the guard's own SQL included, can undo it. An erased customer cannot be
     /// issued rewards ([`crate::Refusal::CustomerInactive`]).
     fn erase(&mut self, id: CustomerId) -> impl Future<Output = Result<Customer>> + Send;
     /// Changes the status and returns the updated row. `Erased` is set by
@@ -181,6 +181,15 @@ impl CustomerRepository for Customers<'_> {
 
     async fn erase(&mut self, id: CustomerId) -> Result<Customer> {
         let tenant = self.0.tenant_id();
+        // The number as it was, locked, for the sessions that hold it
+        // without naming the customer.
+        let phone: Option<String> = customers::table
+            .filter(customers::tenant_id.eq(tenant))
+            .filter(customers::id.eq(id))
+            .select(customers::phone_e164)
+            .for_update()
+            .get_result(self.0.db())
+            .await?;
         let erased = diesel::update(
             customers::table
                 .filter(customers::tenant_id.eq(tenant))
@@ -204,7 +213,11 @@ impl CustomerRepository for Customers<'_> {
         let sessions = diesel::delete(
             wa_sessions::table
                 .filter(wa_sessions::tenant_id.eq(tenant))
-                .filter(wa_sessions::customer_id.eq(id)),
+                .filter(
+                    wa_sessions::customer_id
+                        .eq(id)
+                        .or(wa_sessions::phone_e164.nullable().eq(phone)),
+                ),
         )
         .execute(self.0.db())
         .await?;

@@ -108,6 +108,9 @@ pub struct DeliveryReport {
     pub delivered: u64,
     /// Messages whose send failed, due again after the retry delay.
     pub failed: u64,
+    /// Claimed messages not sent because the lease ran out before their
+    /// turn (sends slower than `lease / batch`); due again already.
+    pub lapsed: u64,
 }
 
 /// How an outbox worker pass claims and retries.
@@ -115,8 +118,9 @@ pub struct DeliveryReport {
 pub struct DeliveryPolicy {
     /// Messages claimed per tenant per pass.
     pub batch: u32,
-    /// How long a claimed message is held before another worker may take
-    /// it: longer than a send takes.
+    /// How long a claimed batch is held before another worker may take it:
+    /// longer than sending the whole batch takes. A pass sends nothing of
+    /// a batch once its lease has run out.
     pub lease: Duration,
     /// How long a failed message waits before it is due again.
     pub retry_after: Duration,
@@ -125,7 +129,7 @@ pub struct DeliveryPolicy {
 impl Default for DeliveryPolicy {
     fn default() -> Self {
         DeliveryPolicy {
-            batch: 100,
+            batch: 20,
             lease: Duration::from_secs(60),
             retry_after: Duration::from_secs(30),
         }
@@ -137,9 +141,10 @@ impl Store {
     /// tenant's due messages (and commits the claim), calls `send` for each
     /// outside any transaction, then marks it delivered, or due again after
     /// `policy.retry_after` with the error `send` gave. Run it on a timer;
-    /// any number of workers may run it at once. Delivery is at least once:
-    /// a worker that dies between a send and its mark leaves the message to
-    /// be sent again when the lease ends, under the same `message_key`.
+    /// any number of workers may run it at once, and none starts a send
+    /// after its lease ran out. Delivery is at least once: a worker that
+    /// dies between a send and its mark, or a send that outlasts the lease,
+    /// leaves the message to be sent again, under the same `message_key`.
     pub async fn deliver_outbox<F>(
         &self,
         policy: DeliveryPolicy,
@@ -158,9 +163,16 @@ impl Store {
             page.after = Some(last.id);
             for tenant in tenants.iter().filter(|t| t.status == TenantStatus::Active) {
                 let mut tx = self.tenant(tenant.id).await?;
+                let claimed_at = std::time::Instant::now();
                 let claimed = tx.outbox().claim(policy.batch, policy.lease).await?;
                 tx.commit().await?;
                 for message in &claimed {
+                    // Past the lease another worker may hold the rest: they
+                    // are left to whoever claims them next.
+                    if claimed_at.elapsed() >= policy.lease {
+                        report.lapsed += 1;
+                        continue;
+                    }
                     let outcome = send(message).await;
                     let mut tx = self.tenant(tenant.id).await?;
                     match outcome {
@@ -169,9 +181,16 @@ impl Store {
                             report.delivered += 1;
                         }
                         Err(error) => {
-                            tx.outbox()
+                            match tx
+                                .outbox()
                                 .retry_later(message.id, policy.retry_after, &error)
-                                .await?;
+                                .await
+                            {
+                                // Delivered meanwhile by a worker that took
+                                // it over: nothing to retry.
+                                Ok(_) | Err(Error::NotFound) => {}
+                                Err(other) => return Err(other),
+                            }
                             report.failed += 1;
                         }
                     }

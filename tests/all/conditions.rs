@@ -111,6 +111,22 @@ async fn conditions_hold_as_documented() {
         (json!([]), json!({}), false),
     ];
     let mut tx = db.store().tenant(p.tenant).await.unwrap();
+    // Nested past what Rust accepts (written around the crate): no match,
+    // and no error either. Built as text: a serde_json value that deep
+    // would overflow this test's own stack when dropped.
+    let deep = format!(
+        "{}{}{}",
+        r#"{"all": ["#.repeat(1500),
+        r#"{"path": "amount", "op": "exists"}"#,
+        "]}".repeat(1500)
+    );
+    let Held { held } = diesel::sql_query("SELECT loyalty.conditions_hold($1::jsonb, $2) AS held")
+        .bind::<diesel::sql_types::Text, _>(&deep)
+        .bind::<Jsonb, _>(json!({"amount": 1}))
+        .get_result(tx.conn())
+        .await
+        .unwrap();
+    assert!(!held);
     for (condition, properties, expected) in cases {
         let Held { held } = diesel::sql_query("SELECT loyalty.conditions_hold($1, $2) AS held")
             .bind::<Jsonb, _>(&condition)

@@ -198,7 +198,8 @@ async fn a_worker_pass_sends_every_tenants_messages_and_retries_failures() {
         report,
         DeliveryReport {
             delivered: 2,
-            failed: 1
+            failed: 1,
+            lapsed: 0
         }
     );
     sent.sort();
@@ -219,10 +220,40 @@ async fn a_worker_pass_sends_every_tenants_messages_and_retries_failures() {
         report,
         DeliveryReport {
             delivered: 1,
-            failed: 0
+            failed: 0,
+            lapsed: 0
         }
     );
     assert_eq!(again, ["a-2"]);
     let mut tx = store.tenant(a).await.unwrap();
     assert_eq!(tx.outbox().pending().await.unwrap(), 0);
+
+    // Sends slower than the lease allows: the pass stops sending once the
+    // lease has run out, and what it did not send is due again.
+    let mut tx = store.tenant(a).await.unwrap();
+    for key in ["slow-1", "slow-2", "slow-3"] {
+        tx.outbox().enqueue(voucher_message(key)).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let short = DeliveryPolicy {
+        lease: Duration::from_secs(1),
+        ..policy
+    };
+    let report = store
+        .deliver_outbox(short, async |_: &OutboxMessage| {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        report,
+        DeliveryReport {
+            delivered: 2,
+            failed: 0,
+            lapsed: 1
+        }
+    );
+    let mut tx = store.tenant(a).await.unwrap();
+    assert_eq!(tx.outbox().pending().await.unwrap(), 1);
 }

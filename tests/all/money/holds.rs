@@ -42,7 +42,11 @@ async fn a_hold_is_confirmed_or_voided_once_and_lapses_on_its_own() {
         .unwrap();
     assert_eq!(held.issuance.status, IssuanceStatus::Reserved);
     assert!(held.issuance.hold_expires_at.is_some());
-    assert!(held.voucher_code.is_some(), "a hold reserves a code");
+    assert!(
+        held.issuance.voucher_code_id.is_some(),
+        "a hold reserves a code"
+    );
+    assert_eq!(held.voucher_code, None, "and shows it only once confirmed");
     // Replayed like an issuance.
     let again = tx
         .issuances()
@@ -64,6 +68,7 @@ async fn a_hold_is_confirmed_or_voided_once_and_lapses_on_its_own() {
     let mut tx = store.tenant(p.tenant).await.unwrap();
     let confirmed = tx.issuances().confirm_hold(held.issuance.id).await.unwrap();
     assert_eq!(confirmed.issuance.status, IssuanceStatus::Issued);
+    assert!(confirmed.voucher_code.is_some());
     assert!(
         tx.issuances()
             .confirm_hold(held.issuance.id)
@@ -297,4 +302,71 @@ async fn reversals_racing_cancels_and_expiry_keep_the_books() {
             IssuanceStatus::Reserved => panic!("{i:?}"),
         }
     }
+}
+
+/// A code the customer held (redeemed, reversed, then cancelled) is
+/// withdrawn, never handed to the next customer.
+#[tokio::test]
+async fn a_reversed_then_cancelled_voucher_keeps_its_code_out_of_the_pool() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let p = CampaignFixture::builder()
+        .voucher_codes(2)
+        .customers(2)
+        .create(store)
+        .await
+        .unwrap();
+    let first = issue(store, &p, p.customers[0], "first").await.unwrap();
+    let code = first.voucher_code.clone().unwrap();
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    tx.issuances().redeem_code(&code).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    tx.issuances()
+        .reverse_redemption(first.issuance.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    tx.issuances().cancel(first.issuance.id).await.unwrap();
+    tx.commit().await.unwrap();
+    let second = issue(store, &p, p.customers[1], "second").await.unwrap();
+    assert_ne!(second.voucher_code.as_deref(), Some(code.as_str()));
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    // The scan still finds the cancelled voucher, not someone else's.
+    assert_eq!(
+        refusal(tx.issuances().redeem_code(&code).await),
+        Refusal::IssuanceNotIssued {
+            status: IssuanceStatus::Cancelled
+        }
+    );
+    drop(tx);
+    assert_books_balance(store, p.tenant).await;
+}
+
+/// A guard opened before a reversal committed can still redeem after it.
+#[tokio::test]
+async fn a_redemption_in_a_guard_older_than_the_reversal_goes_through() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let p = CampaignFixture::builder()
+        .customers(1)
+        .create(store)
+        .await
+        .unwrap();
+    let issued = issue(store, &p, p.customers[0], "old-guard").await.unwrap();
+    let id = issued.issuance.id;
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    tx.issuances().redeem(id).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut older = store.tenant(p.tenant).await.unwrap();
+    tx = store.tenant(p.tenant).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    tx.issuances()
+        .reverse_redemption(id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let again = older.issuances().redeem(id).await.unwrap();
+    assert_eq!(again.issuance.status, IssuanceStatus::Redeemed);
+    older.commit().await.unwrap();
+    assert_books_balance(store, p.tenant).await;
 }

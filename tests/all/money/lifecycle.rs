@@ -78,9 +78,10 @@ async fn redeem_commits_and_cancel_releases() {
         tx.voucher_codes().counts(p.reward).await.unwrap(),
         StatusCounts {
             available: 1,
-            reserved: 1,
+            issued: 1,
             ..StatusCounts::default()
-        }
+        },
+        "the redeemed code counts as delivered, the cancelled one is back"
     );
     tx.commit().await.unwrap();
     // A cancelled issuance no longer counts towards the per-customer limit.

@@ -2,6 +2,7 @@
 
 use crate::support::{invalid_field, two_tenants};
 use chrono::{Duration, Utc};
+use diesel_async::SimpleAsyncConnection;
 use loyalty_store::prelude::*;
 use loyalty_store::repo::staff_users::StaffStatus;
 use loyalty_store::testing::TestDb;
@@ -357,35 +358,50 @@ async fn erasure_removes_personal_data_and_keeps_the_books() {
         .update_attributes(ada, json!({"name": "Ada"}))
         .await
         .unwrap();
-    tx.wa_sessions()
-        .upsert(NewWaSession {
-            wa_id: "wa-ada".into(),
-            customer_id: Some(ada),
-            phone_e164: phone.clone(),
-            state: "menu".into(),
-        })
-        .await
-        .unwrap();
+    for (wa_id, customer_id) in [("wa-ada", Some(ada)), ("wa-ada-unlinked", None)] {
+        tx.wa_sessions()
+            .upsert(NewWaSession {
+                wa_id: wa_id.into(),
+                customer_id,
+                phone_e164: phone.clone(),
+                state: "menu".into(),
+            })
+            .await
+            .unwrap();
+    }
     let erased = tx.customers().erase(ada).await.unwrap();
     assert_eq!(erased.status, CustomerStatus::Erased);
     assert_eq!(erased.phone_e164, None);
     assert_eq!(erased.attributes, json!({}));
     assert!(erased.erased_at.is_some());
     assert_eq!(tx.customers().find_by_phone(&phone).await.unwrap(), None);
-    assert!(matches!(
-        tx.wa_sessions().get("wa-ada").await,
-        Err(Error::NotFound)
-    ));
+    for wa_id in ["wa-ada", "wa-ada-unlinked"] {
+        assert!(matches!(
+            tx.wa_sessions().get(wa_id).await,
+            Err(Error::NotFound)
+        ));
+    }
     // Final: again is a replay, and no status change brings it back.
     assert_eq!(tx.customers().erase(ada).await.unwrap(), erased);
     tx.commit().await.unwrap();
+    // Not through the repository, nor through the guard's own SQL.
     let mut tx = store.tenant(p.tenant).await.unwrap();
     assert!(matches!(
         tx.customers()
             .update_status(ada, CustomerStatus::Active)
             .await,
-        Err(Error::CheckViolation { .. })
+        Err(Error::Refused(Refusal::InvalidArgument { .. }))
     ));
+    drop(tx);
+    let mut tx = store.tenant(p.tenant).await.unwrap();
+    let undo = tx
+        .conn()
+        .batch_execute(&format!(
+            "UPDATE customers SET status = 'active', phone_e164 = '{phone}', erased_at = NULL \
+              WHERE id = '{ada}'"
+        ))
+        .await;
+    assert!(undo.is_err(), "an erasure was undone");
     drop(tx);
     let mut tx = store.tenant(p.tenant).await.unwrap();
     assert!(matches!(
