@@ -169,6 +169,14 @@ async fn reward_round_trip(store: &Store, acme: &Tenant) -> Result<()> {
         customer.phone_e164.as_deref().unwrap_or("-"),
         issued.voucher_code.as_deref().unwrap_or("-")
     );
+    // Once the code has been sent to the customer (after the commit, e.g.
+    // through the outbox), mark it delivered: a cancel then withdraws it
+    // instead of handing it to someone else. Marking again is harmless.
+    if let Some(code) = issued.issuance.voucher_code_id {
+        let mut tx = store.tenant(acme.id).await?;
+        tx.voucher_codes().mark_issued(code).await?;
+        tx.commit().await?;
+    }
 
     let mut tx = store.tenant(acme.id).await?;
     let again = tx
