@@ -294,7 +294,8 @@ BEGIN
           FROM unnest(p_customer_ids, p_idempotency_keys) WITH ORDINALITY
                AS x(customer_id, idempotency_key, n)
           LEFT JOIN LATERAL (
-                   SELECT i.id, i.rule_id, i.customer_id, v.code
+                   SELECT i.id, i.rule_id, i.customer_id,
+                          CASE WHEN i.status <> 'reserved' THEN v.code END AS code
                      FROM public.issuances i
                      LEFT JOIN public.voucher_codes v ON v.tenant_id = t AND v.id = i.voucher_code_id
                     WHERE i.tenant_id = t AND i.idempotency_key = x.idempotency_key
@@ -515,6 +516,7 @@ CREATE FUNCTION loyalty.end_issuances(p_tenant_id uuid, p_ids uuid[], p_status t
 DECLARE
     t uuid := loyalty.tenant_argument(p_tenant_id);
     ended uuid[];
+    ruled uuid[];
 BEGIN
     IF p_status IS NULL OR p_status NOT IN ('cancelled', 'expired') THEN
         PERFORM loyalty.refuse('invalid_argument', format('cannot end issuances as %s', p_status),
@@ -529,6 +531,12 @@ BEGIN
     IF ended IS NULL THEN
         RETURN 0;
     END IF;
+    -- The rules' locks, shared, before anything changes: a commit-time
+    -- recount of a rule (which takes its lock) then waits for this end
+    -- instead of counting an issuance about to stop counting.
+    SELECT array_agg(DISTINCT rule_id ORDER BY rule_id) INTO ruled
+      FROM public.issuances WHERE tenant_id = t AND id = ANY (ended);
+    PERFORM pg_advisory_xact_lock_shared(loyalty.rule_lock(r)) FROM unnest(ruled) AS r;
     -- A code back in the pool belongs to whoever gets it next. Which codes
     -- went back is read from the update itself, which waits for a
     -- concurrent delivery of the code: a snapshot read would miss one that

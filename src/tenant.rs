@@ -63,6 +63,9 @@ pub struct TenantConn {
     /// Whether SQL of the caller's own may have run, through [`Self::conn`]:
     /// only then can the session carry state the next guard must not see.
     raw: bool,
+    /// Savepoints [`Self::savepoint`] opened and has not closed: above zero
+    /// at commit only if a savepoint's future was dropped half-way.
+    savepoints: u32,
 }
 
 /// Who is acting through a guard. Audited writes record it in `audit_logs`.
@@ -166,6 +169,7 @@ impl TenantConn {
             actor,
             session,
             raw: false,
+            savepoints: 0,
         })
     }
 
@@ -215,8 +219,13 @@ impl TenantConn {
     /// Runs `work` in a nested unit of the guard's transaction (a
     /// savepoint). If `work` returns an error, everything it did is undone
     /// and the guard stays usable, so a refusal in one step (an issuance
-    /// refused by a limit, say) does not lose what the guard did before it; if it returns `Ok`, its work joins the guard's, to be
-    /// committed or rolled back with it. Savepoints nest.
+    /// refused by a limit, say) does not lose what the guard did before it;
+    /// if it returns `Ok`, its work joins the guard's, to be committed or
+    /// rolled back with it. If a statement inside failed but `work`
+    /// returned `Ok` anyway, the unit is undone all the same and this is
+    /// [`Error::TransactionAborted`]. If this future is dropped before it
+    /// ends, [`commit`](Self::commit) rolls the whole guard back and returns
+    /// [`Error::CallAbandoned`]. Savepoints nest.
     ///
     /// ```no_run
     /// # use loyalty_store::prelude::*;
@@ -241,21 +250,38 @@ impl TenantConn {
     where
         F: AsyncFnOnce(&mut TenantConn) -> Result<R>,
     {
-        AnsiTransactionManager::begin_transaction(self.db()).await?;
+        // The crate's own savepoints, named by depth, beside diesel's
+        // transaction manager (which `conn().transaction(..)` inside `work`
+        // still uses): a failed RELEASE must be undone here, not by it.
+        let name = format!("loyalty_savepoint_{}", self.savepoints);
+        self.db()
+            .batch_execute(&format!("SAVEPOINT {name}"))
+            .await?;
+        // Left raised if the future is dropped inside `work`: commit() then
+        // refuses rather than keep half of the unit.
+        self.savepoints += 1;
         let outcome = work(self).await;
-        let conn = self.db();
-        if ConnectionEvents::abandoned(conn) {
-            // A statement of `work` was dropped mid-flight; the guard ends
-            // at commit or drop, which discards the connection.
+        self.savepoints -= 1;
+        if ConnectionEvents::abandoned(self.db()) {
             return outcome;
         }
+        let undo = format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}");
         match outcome {
-            Ok(value) => {
-                AnsiTransactionManager::commit_transaction(conn).await?;
-                Ok(value)
-            }
+            Ok(value) => match self
+                .db()
+                .batch_execute(&format!("RELEASE SAVEPOINT {name}"))
+                .await
+            {
+                Ok(()) => Ok(value),
+                // A statement in `work` failed and `work` went on to return
+                // Ok: its unit is lost, and undone so the guard goes on.
+                Err(_) => {
+                    self.db().batch_execute(&undo).await?;
+                    Err(Error::TransactionAborted)
+                }
+            },
             Err(err) => {
-                AnsiTransactionManager::rollback_transaction(conn).await?;
+                self.db().batch_execute(&undo).await?;
                 Err(err)
             }
         }
@@ -301,6 +327,11 @@ impl TenantConn {
             .expect("a live guard always holds its connection");
         if ConnectionEvents::abandoned(&mut conn) {
             abandon(conn);
+            return Err(Error::CallAbandoned);
+        }
+        if self.savepoints > 0 {
+            // A savepoint's work was dropped half-way: roll it all back.
+            roll_back(&mut conn, self.cleanup()).await;
             return Err(Error::CallAbandoned);
         }
         // After SQL of the caller's, the probe also checks the prepared

@@ -251,8 +251,10 @@ pub trait IssuanceRepository {
     fn cancel(&mut self, id: IssuanceId) -> impl Future<Output = Result<Issued>> + Send;
     /// Expires up to `batch` issued rewards whose `expires_at` is at or
     /// before `now`, and voids up to `batch` holds that lapsed by `now`,
-    /// releasing their cost. Returns how many; call again until it
-    /// returns 0.
+    /// releasing their cost, one kind per call (expired issuances first).
+    /// Returns how many; call again, in a guard of its own each time, until
+    /// it returns 0: two sweeps in one guard take locks out of the money
+    /// path's order and may deadlock ([`Error::Retryable`]).
     fn expire_due(
         &mut self,
         now: DateTime<Utc>,

@@ -120,3 +120,70 @@ async fn a_guard_with_a_savepoint_can_move_to_another_task() {
     let updated = task.await.unwrap().unwrap();
     assert_eq!(updated.attributes, json!({"spawned": true}));
 }
+
+#[tokio::test]
+async fn a_unit_that_hides_a_failure_is_undone_and_the_guard_goes_on() {
+    let db = TestDb::new().await;
+    let p = CampaignFixture::builder()
+        .customers(1)
+        .create(db.store())
+        .await
+        .unwrap();
+    let ada = p.customers[0];
+    let mut tx = db.store().tenant(p.tenant).await.unwrap();
+    let swallowed = tx
+        .savepoint(async |tx| {
+            tx.customers()
+                .update_attributes(ada, json!({"lost": true}))
+                .await?;
+            let _ignored = tx.conn().batch_execute("SELECT * FROM nowhere").await;
+            Ok(())
+        })
+        .await;
+    assert!(
+        matches!(swallowed, Err(Error::TransactionAborted)),
+        "{swallowed:?}"
+    );
+    let after = tx
+        .customers()
+        .update_attributes(ada, json!({"kept": true}))
+        .await
+        .unwrap();
+    assert_eq!(after.attributes, json!({"kept": true}));
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_savepoint_dropped_half_way_keeps_none_of_the_guard() {
+    let db = TestDb::new().await;
+    let p = CampaignFixture::builder()
+        .customers(1)
+        .create(db.store())
+        .await
+        .unwrap();
+    let ada = p.customers[0];
+    let mut tx = db.store().tenant(p.tenant).await.unwrap();
+    tx.customers()
+        .update_attributes(ada, json!({"before": true}))
+        .await
+        .unwrap();
+    let timed_out = tokio::time::timeout(
+        std::time::Duration::from_millis(50),
+        tx.savepoint(async |tx| {
+            tx.customers()
+                .update_attributes(ada, json!({"half": true}))
+                .await?;
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            Ok(())
+        }),
+    )
+    .await;
+    assert!(timed_out.is_err());
+    assert!(matches!(tx.commit().await, Err(Error::CallAbandoned)));
+    let mut tx = db.store().tenant(p.tenant).await.unwrap();
+    assert_eq!(
+        tx.customers().get(ada).await.unwrap().attributes,
+        json!({}),
+        "nothing of the guard was kept"
+    );
+}

@@ -47,13 +47,31 @@ async fn a_hold_is_confirmed_or_voided_once_and_lapses_on_its_own() {
         "a hold reserves a code"
     );
     assert_eq!(held.voucher_code, None, "and shows it only once confirmed");
-    // Replayed like an issuance.
+    // Replayed like an issuance, through any call, with the code still hidden.
     let again = tx
         .issuances()
         .hold(hold_of(&p, people[0], "checkout-1", 600))
         .await
         .unwrap();
     assert!(again.replayed);
+    assert_eq!(again.voucher_code, None);
+    let batch = tx
+        .issuances()
+        .issue_batch(NewBatch {
+            recipients: vec![(people[0], "checkout-1".into())],
+            ..NewBatch::for_customers(p.rule, &[], "")
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        batch.items[0].outcome,
+        loyalty_store::repo::issuances::BatchOutcome::Replayed(
+            loyalty_store::repo::issuances::BatchIssuance {
+                issuance_id: held.issuance.id,
+                voucher_code: None,
+            }
+        )
+    );
     tx.commit().await.unwrap();
     assert_eq!(budget(store, &p).await.reserved, money("2.50"));
 
