@@ -383,7 +383,6 @@ async fn main() {
         median(coded, |rate| *rate)
     );
 
-    let codes: Vec<String> = (0..code_count).map(|i| format!("BENCH-{i:09}")).collect();
     let file = tempfile::NamedTempFile::new().unwrap();
     let (mut psql, mut unnest, mut binary) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
@@ -391,6 +390,10 @@ async fn main() {
         // path always meets the largest table.
         for turn in 0..3 {
             let reward = fresh_reward(&store, s.tenant, &format!("import {round}.{turn}")).await;
+            // Codes are unique per tenant: each import brings its own.
+            let codes: Vec<String> = (0..code_count)
+                .map(|i| format!("BENCH-{round}{turn}-{i:09}"))
+                .collect();
             match (round + turn) % 3 {
                 0 => {
                     let csv: String = codes
