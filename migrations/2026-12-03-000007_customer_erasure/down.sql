@@ -1,3 +1,4 @@
+DROP INDEX customers_phone_prefix_idx;
 DROP INDEX customers_created_idx;
 ALTER TABLE customers DROP CONSTRAINT customers_erasure_is_whole;
 ALTER TABLE customers DROP COLUMN erased_at;

@@ -9,3 +9,6 @@ ALTER TABLE customers ADD CONSTRAINT customers_erasure_is_whole
        AND (status = 'erased') = (erased_at IS NOT NULL));
 -- The keyset list of customers, newest first.
 CREATE INDEX customers_created_idx ON customers (tenant_id, created_at DESC, id);
+-- Search by the start of a phone number: byte order, whatever the
+-- database's collation, so a prefix is a range.
+CREATE INDEX customers_phone_prefix_idx ON customers (tenant_id, (phone_e164 COLLATE "C"));

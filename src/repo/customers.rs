@@ -6,7 +6,7 @@ use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ids::{CustomerId, TenantId};
 use crate::page::KeysetPage;
 use crate::repo::audit_logs;
@@ -17,7 +17,9 @@ use crate::validate;
 pub use crate::status::CustomerStatus;
 
 /// A row of `customers`.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Serialize, Deserialize,
+)]
 #[diesel(table_name = customers, check_for_backend(diesel::pg::Pg))]
 pub struct Customer {
     pub tenant_id: TenantId,
@@ -71,6 +73,14 @@ pub trait CustomerRepository {
         &mut self,
         phone_e164: &str,
     ) -> impl Future<Output = Result<Option<Customer>>> + Send;
+    /// Customers whose phone number starts with `prefix` (`"+26377"`), in
+    /// number order, at most `limit`; erased customers have no number and
+    /// never match. A prefix is `+` and up to 15 digits.
+    fn search_by_phone(
+        &mut self,
+        prefix: &str,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Customer>>> + Send;
     /// Customers, newest first, by keyset.
     fn list(
         &mut self,
@@ -146,6 +156,32 @@ impl CustomerRepository for Customers<'_> {
             .get_result(self.0.db())
             .await
             .optional()?)
+    }
+
+    async fn search_by_phone(&mut self, prefix: &str, limit: u32) -> Result<Vec<Customer>> {
+        let digits = prefix.strip_prefix('+');
+        if !digits.is_some_and(|d| d.len() <= 15 && d.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(Error::invalid(
+                "prefix",
+                "must be + and up to 15 digits, like +26377",
+            ));
+        }
+        let limit = validate::page_limit(limit)?;
+        // Byte order: every number under the prefix sorts from the prefix up
+        // to the prefix followed by ':', the character after '9'.
+        Ok(diesel::sql_query(
+            "SELECT tenant_id, id, phone_e164, status, attributes, created_at, updated_at, erased_at \
+               FROM customers \
+              WHERE tenant_id = $1 \
+                AND phone_e164 COLLATE \"C\" >= $2 AND phone_e164 COLLATE \"C\" < $2 || ':' \
+              ORDER BY phone_e164 COLLATE \"C\" \
+              LIMIT $3",
+        )
+        .bind::<diesel::sql_types::Uuid, _>(self.0.tenant_id())
+        .bind::<diesel::sql_types::Text, _>(prefix)
+        .bind::<diesel::sql_types::BigInt, _>(limit)
+        .load(self.0.db())
+        .await?)
     }
 
     async fn list(&mut self, page: KeysetPage<CustomerId>) -> Result<Vec<Customer>> {

@@ -314,6 +314,43 @@ async fn customers_list_by_keyset_and_change_attributes() {
         .unwrap();
     let listed: Vec<_> = first.iter().chain(&rest).map(|c| c.id).collect();
     assert_eq!(listed, made, "newest first, each once");
+    let found: Vec<_> = tx
+        .customers()
+        .search_by_phone("+155500010", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.phone_e164.unwrap())
+        .collect();
+    assert_eq!(
+        found,
+        (0..5)
+            .map(|n| format!("+1555000100{n}"))
+            .collect::<Vec<_>>(),
+        "in number order"
+    );
+    assert_eq!(
+        tx.customers()
+            .search_by_phone("+1555000100", 2)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(
+        tx.customers()
+            .search_by_phone("+1556", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for bad in ["", "1555", "+15a", "+1234567890123456"] {
+        assert_eq!(
+            invalid_field(tx.customers().search_by_phone(bad, 10).await),
+            "prefix",
+            "{bad:?}"
+        );
+    }
     let gold = tx
         .customers()
         .update_attributes(made[0], json!({"tier": "gold"}))
@@ -329,6 +366,13 @@ async fn customers_list_by_keyset_and_change_attributes() {
     assert!(
         tx.customers()
             .list(KeysetPage::first(10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        tx.customers()
+            .search_by_phone("+1", 10)
             .await
             .unwrap()
             .is_empty()
@@ -375,6 +419,13 @@ async fn erasure_removes_personal_data_and_keeps_the_books() {
     assert_eq!(erased.attributes, json!({}));
     assert!(erased.erased_at.is_some());
     assert_eq!(tx.customers().find_by_phone(&phone).await.unwrap(), None);
+    assert!(
+        tx.customers()
+            .search_by_phone(&phone, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     for wa_id in ["wa-ada", "wa-ada-unlinked"] {
         assert!(matches!(
             tx.wa_sessions().get(wa_id).await,
@@ -630,6 +681,20 @@ mod fake {
                 .values()
                 .find(|c| c.phone_e164.as_deref() == Some(phone))
                 .cloned())
+        }
+        async fn search_by_phone(&mut self, prefix: &str, limit: u32) -> Result<Vec<Customer>> {
+            let mut found: Vec<Customer> = self
+                .0
+                .values()
+                .filter(|c| {
+                    c.phone_e164
+                        .as_deref()
+                        .is_some_and(|p| p.starts_with(prefix))
+                })
+                .cloned()
+                .collect();
+            found.sort_by(|a, b| a.phone_e164.cmp(&b.phone_e164));
+            Ok(found.into_iter().take(limit as usize).collect())
         }
         async fn list(&mut self, page: KeysetPage<CustomerId>) -> Result<Vec<Customer>> {
             let mut all: Vec<Customer> = self.0.values().cloned().collect();
