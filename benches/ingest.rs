@@ -10,7 +10,7 @@
 mod common;
 mod pgbench;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use diesel_async::SimpleAsyncConnection;
@@ -19,7 +19,7 @@ use loyalty_store::testing::{CampaignFixture, TestDb};
 use serde_json::json;
 
 use common::median;
-use pgbench::{Measured, pgbench, summarize};
+use pgbench::{Measured, measure, ms, pgbench};
 
 const CUSTOMERS: usize = 1000;
 const ROUNDS: usize = 5;
@@ -83,46 +83,29 @@ async fn setup(store: &Store) -> Setup {
 }
 
 async fn crate_ingests(store: &Store, s: &Setup, workers: usize, run: Duration) -> Measured {
-    let mut tasks = Vec::new();
-    for worker in 0..workers {
-        let (store, tenant, customers) = (store.clone(), s.tenant, s.customers.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let end = Instant::now() + run;
-            let mut n = worker;
-            while Instant::now() < end {
-                n = (n * 7919 + 13) % customers.len();
-                let properties = json!({"amount": n % 100 + 1, "day": "sat"});
-                let started = Instant::now();
-                let mut tx = store.tenant(tenant).await.unwrap();
-                let event = NewEvent {
-                    customer_id: Some(customers[n]),
-                    event_type: "purchase".into(),
-                    properties: properties.clone(),
-                    occurred_at: Utc::now(),
-                    source: "bench".into(),
-                    idempotency_key: uuid::Uuid::new_v4().to_string(),
-                };
-                tx.events().ingest(event).await.unwrap();
-                tx.rules()
-                    .match_event("purchase", &properties, Utc::now())
-                    .await
-                    .unwrap();
-                tx.commit().await.unwrap();
-                latencies.push(started.elapsed());
-            }
-            latencies
-        }));
-    }
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.unwrap());
-    }
-    summarize(all, run)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
+    let (store, tenant, customers) = (store.clone(), s.tenant, s.customers.clone());
+    measure(workers, run, customers.len(), move |n| {
+        let (store, customer) = (store.clone(), customers[n]);
+        async move {
+            let properties = json!({"amount": n % 100 + 1, "day": "sat"});
+            let mut tx = store.tenant(tenant).await.unwrap();
+            let event = NewEvent {
+                customer_id: Some(customer),
+                event_type: "purchase".into(),
+                properties: properties.clone(),
+                occurred_at: Utc::now(),
+                source: "bench".into(),
+                idempotency_key: uuid::Uuid::new_v4().to_string(),
+            };
+            tx.events().ingest(event).await.unwrap();
+            tx.rules()
+                .match_event("purchase", &properties, Utc::now())
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+    })
+    .await
 }
 
 #[tokio::main]

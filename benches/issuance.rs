@@ -35,7 +35,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 
 use common::median;
-use pgbench::{Measured, pgbench, summarize};
+use pgbench::{Measured, measure, ms, pgbench};
 
 const CUSTOMERS: usize = 1000;
 const ROUNDS: usize = 5;
@@ -115,36 +115,22 @@ async fn setup(store: &Store) -> Setup {
 }
 
 async fn crate_issuances(store: &Store, s: &Setup, workers: usize, run: Duration) -> Measured {
-    let mut tasks = Vec::new();
-    for worker in 0..workers {
-        let (store, tenant, rule, customers) =
-            (store.clone(), s.tenant, s.rule, s.customers.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let end = Instant::now() + run;
-            let mut n = worker;
-            while Instant::now() < end {
-                n = (n * 7919 + 13) % customers.len();
-                let started = Instant::now();
-                let mut tx = store.tenant(tenant).await.unwrap();
-                let new = NewIssuance {
-                    rule_id: rule,
-                    customer_id: customers[n],
-                    idempotency_key: uuid::Uuid::new_v4().to_string(),
-                    expires_at: None,
-                };
-                tx.issuances().issue(new).await.unwrap();
-                tx.commit().await.unwrap();
-                latencies.push(started.elapsed());
-            }
-            latencies
-        }));
-    }
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.unwrap());
-    }
-    summarize(all, run)
+    let (store, tenant, rule, customers) = (store.clone(), s.tenant, s.rule, s.customers.clone());
+    measure(workers, run, customers.len(), move |n| {
+        let (store, customer) = (store.clone(), customers[n]);
+        async move {
+            let mut tx = store.tenant(tenant).await.unwrap();
+            let new = NewIssuance {
+                rule_id: rule,
+                customer_id: customer,
+                idempotency_key: uuid::Uuid::new_v4().to_string(),
+                expires_at: None,
+            };
+            tx.issuances().issue(new).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    })
+    .await
 }
 
 fn pgbench_issuances(db: &TestDb, s: &Setup, clients: usize, run: Duration) -> Measured {
@@ -294,10 +280,6 @@ async fn vacuum_analyze(db: &TestDb) {
     conn.batch_execute("VACUUM ANALYZE budgets, rules, issuances, ledger_entries")
         .await
         .unwrap();
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
 #[tokio::main]

@@ -23,15 +23,7 @@ async fn main() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5000);
-    let throwaway;
-    let store = match std::env::var("DATABASE_URL") {
-        Ok(_) => Store::connect(Config::from_env()?).await?,
-        Err(_) => {
-            println!("DATABASE_URL is not set; using a throwaway database.");
-            throwaway = TestDb::empty().await;
-            throwaway.store().clone()
-        }
-    };
+    let (store, _throwaway) = TestDb::store_from_env_or_throwaway().await?;
     store.migrate().await?;
     let usd: Currency = "USD".parse()?;
     let shop = store

@@ -10,15 +10,7 @@ use loyalty_store::testing::TestDb;
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let throwaway;
-    let store = match std::env::var("DATABASE_URL") {
-        Ok(_) => Store::connect(Config::from_env()?).await?,
-        Err(_) => {
-            println!("DATABASE_URL is not set; using a throwaway database.");
-            throwaway = TestDb::empty().await;
-            throwaway.store().clone()
-        }
-    };
+    let (store, _throwaway) = TestDb::store_from_env_or_throwaway().await?;
     store.migrate().await?;
     let first = seed_demo(&store).await?;
     println!("inserted: {first:?} ({} rows)", first.total());

@@ -22,15 +22,7 @@ const TOPIC: &str = "reward.issued";
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let throwaway;
-    let store = match std::env::var("DATABASE_URL") {
-        Ok(_) => Store::connect(Config::from_env()?).await?,
-        Err(_) => {
-            println!("DATABASE_URL is not set; using a throwaway database.");
-            throwaway = TestDb::empty().await;
-            throwaway.store().clone()
-        }
-    };
+    let (store, _throwaway) = TestDb::store_from_env_or_throwaway().await?;
     store.migrate().await?;
     seed_demo(&store).await?;
     let shopper = first_customers(&store, 4).await?;

@@ -93,6 +93,19 @@ impl TestDb {
         db
     }
 
+    /// The store an example program runs on: the one `DATABASE_URL` (and
+    /// `MIGRATOR_DATABASE_URL`) name, through [`Config::from_env`], when
+    /// set; otherwise an empty throwaway database, kept as long as the
+    /// returned `TestDb` lives, so an example runs on a fresh machine.
+    pub async fn store_from_env_or_throwaway() -> crate::Result<(Store, Option<TestDb>)> {
+        if std::env::var("DATABASE_URL").is_ok() {
+            return Ok((Store::connect(Config::from_env()?).await?, None));
+        }
+        println!("DATABASE_URL is not set; using a throwaway database.");
+        let throwaway = TestDb::empty().await;
+        Ok((throwaway.store().clone(), Some(throwaway)))
+    }
+
     /// Creates a database with no migrations applied, for testing migrations.
     pub async fn empty() -> TestDb {
         assert!(

@@ -1,8 +1,8 @@
-//! What the benches that compare with pgbench share: latency summaries and
-//! pgbench runs of a script.
+//! What the benches that compare with pgbench share: workers timed through
+//! the crate, latency summaries, and pgbench runs of a script.
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use loyalty_store::testing::{TestDb, pg_tool};
 
@@ -13,7 +13,43 @@ pub struct Measured {
     pub p99: Duration,
 }
 
-pub fn summarize(mut latencies: Vec<Duration>, run: Duration) -> Measured {
+/// Milliseconds with two decimals, for the tables.
+pub fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+/// Runs `workers` tasks for `run`, each calling `one(n)` back to back, with
+/// `n` stepping through `0..spread` in a scattered order that differs per
+/// worker, and summarizes every call's latency.
+pub async fn measure<F, Fut>(workers: usize, run: Duration, spread: usize, one: F) -> Measured
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let mut tasks = Vec::new();
+    for worker in 0..workers {
+        let one = one.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let end = Instant::now() + run;
+            let mut n = worker;
+            while Instant::now() < end {
+                n = (n * 7919 + 13) % spread;
+                let started = Instant::now();
+                one(n).await;
+                latencies.push(started.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    summarize(all, run)
+}
+
+fn summarize(mut latencies: Vec<Duration>, run: Duration) -> Measured {
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
     Measured {

@@ -174,30 +174,42 @@ impl Store {
                         continue;
                     }
                     let outcome = send(message).await;
-                    let mut tx = self.tenant(tenant.id).await?;
-                    match outcome {
-                        Ok(()) => {
-                            tx.outbox().delivered(message.id).await?;
-                            report.delivered += 1;
-                        }
-                        Err(error) => {
-                            match tx
-                                .outbox()
-                                .retry_later(message.id, policy.retry_after, &error)
-                                .await
-                            {
-                                // Delivered meanwhile by a worker that took
-                                // it over: nothing to retry.
-                                Ok(_) | Err(Error::NotFound) => {}
-                                Err(other) => return Err(other),
-                            }
-                            report.failed += 1;
-                        }
-                    }
-                    tx.commit().await?;
+                    self.record_send(message, outcome, policy, &mut report)
+                        .await?;
                 }
             }
         }
+    }
+
+    /// Marks a sent message delivered, or a failed one due again later, in
+    /// a guard of its own.
+    async fn record_send(
+        &self,
+        message: &OutboxMessage,
+        outcome: std::result::Result<(), String>,
+        policy: DeliveryPolicy,
+        report: &mut DeliveryReport,
+    ) -> Result<()> {
+        let mut tx = self.tenant(message.tenant_id).await?;
+        match outcome {
+            Ok(()) => {
+                tx.outbox().delivered(message.id).await?;
+                report.delivered += 1;
+            }
+            Err(error) => {
+                let retried = tx
+                    .outbox()
+                    .retry_later(message.id, policy.retry_after, &error)
+                    .await;
+                // NotFound: delivered meanwhile by a worker that took it
+                // over, so nothing to retry.
+                if !matches!(retried, Ok(_) | Err(Error::NotFound)) {
+                    return retried.map(drop);
+                }
+                report.failed += 1;
+            }
+        }
+        tx.commit().await
     }
 }
 

@@ -7,6 +7,27 @@ use loyalty_store::prelude::*;
 use loyalty_store::repo::budgets::Budget;
 use loyalty_store::testing::{CampaignFixture, TestDb};
 
+/// The refusal `outcome` failed with; anything else fails the test.
+pub fn refusal<T: std::fmt::Debug>(outcome: Result<T>) -> Refusal {
+    match outcome {
+        Err(Error::Refused(refusal)) => refusal,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// What was audited in the last hour, newest first.
+pub async fn recent_audit(tx: &mut TenantConn) -> Vec<loyalty_store::repo::audit_logs::AuditLog> {
+    let hour = TimeRange::new(
+        chrono::Utc::now() - chrono::Duration::hours(1),
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    tx.audit_logs()
+        .list(hour, KeysetPage::first(10))
+        .await
+        .unwrap()
+}
+
 /// Whether the tests run on a Citus cluster (`LOYALTY_TEST_CITUS`).
 pub fn on_citus() -> bool {
     std::env::var("LOYALTY_TEST_CITUS").is_ok_and(|url| !url.is_empty())

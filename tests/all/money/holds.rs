@@ -6,14 +6,7 @@ use chrono::Utc;
 use loyalty_store::prelude::*;
 use loyalty_store::testing::{CampaignFixture, TestDb};
 
-use crate::support::{assert_books_balance, budget, issue, issue_to, money};
-
-fn refusal<T: std::fmt::Debug>(outcome: Result<T>) -> Refusal {
-    match outcome {
-        Err(Error::Refused(refusal)) => refusal,
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-}
+use crate::support::{assert_books_balance, budget, issue, issue_to, money, refusal};
 
 fn hold_of(p: &CampaignFixture, customer: CustomerId, key: &str, secs: u64) -> NewHold {
     NewHold {

@@ -5,14 +5,7 @@ use loyalty_store::prelude::*;
 use loyalty_store::repo::rewards::{NewReward, RewardType};
 use loyalty_store::testing::{CampaignFixture, TestDb};
 
-use crate::support::{assert_books_balance, budget, issue, issue_to, money};
-
-fn refusal<T: std::fmt::Debug>(outcome: Result<T>) -> Refusal {
-    match outcome {
-        Err(Error::Refused(refusal)) => refusal,
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-}
+use crate::support::{assert_books_balance, budget, issue, issue_to, money, refusal};
 
 #[tokio::test]
 async fn a_till_redeems_by_code_once_and_says_why_not_otherwise() {

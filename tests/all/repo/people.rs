@@ -472,14 +472,8 @@ async fn erasure_removes_personal_data_and_keeps_the_books() {
         .create(NewCustomer::new(phone))
         .await
         .unwrap();
-    let audited: Vec<_> = tx
-        .audit_logs()
-        .list(
-            TimeRange::new(Utc::now() - Duration::hours(1), Utc::now()).unwrap(),
-            KeysetPage::first(10),
-        )
+    let audited: Vec<_> = crate::support::recent_audit(&mut tx)
         .await
-        .unwrap()
         .into_iter()
         .filter(|entry| entry.action == "customer.erased")
         .collect();
@@ -529,14 +523,8 @@ async fn staff_users_are_disabled_with_audit() {
         .await
         .unwrap();
     assert_eq!(on.status, StaffStatus::Active);
-    let actions: Vec<_> = tx
-        .audit_logs()
-        .list(
-            TimeRange::new(Utc::now() - Duration::hours(1), Utc::now()).unwrap(),
-            KeysetPage::first(10),
-        )
+    let actions: Vec<_> = crate::support::recent_audit(&mut tx)
         .await
-        .unwrap()
         .into_iter()
         .map(|entry| entry.action)
         .collect();
