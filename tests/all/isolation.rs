@@ -25,6 +25,8 @@ const TABLES: &[(&str, bool, bool)] = &[
     ("events", false, false),
     ("wa_sessions", true, true),
     ("audit_logs", false, false),
+    // Workers may move only the delivery columns.
+    ("outbox_messages", false, false),
 ];
 
 async fn tenant_with_fixture(db: &TestDb, name: &str) -> TenantId {

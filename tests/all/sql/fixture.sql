@@ -39,5 +39,7 @@ BEGIN
         VALUES (t, 'wa-' || tag, customer, '+15550000000', 'menu');
     INSERT INTO audit_logs (tenant_id, actor_type, action, resource_type, resource_id, ip_address)
         VALUES (t, 'system', 'fixture.created', 'tenant', t, '127.0.0.1');
+    INSERT INTO outbox_messages (tenant_id, id, topic, message_key, payload)
+        VALUES (t, gen_random_uuid(), 'fixture.sent', 'msg-' || tag, '{"to": "+15550000000"}');
 END
 $$;
